@@ -121,8 +121,10 @@ struct cr_port_stats {
 /* LPM trie keys. `tag` selects the configuration slot for the admin exempt list
  * (so a new list is written beside the old one and swapped with the config);
  * routes use CR_TAG_ROUTE. prefixlen counts the tag's 8 bits. */
-#define CR_TAG_ROUTE 0xff
-#define CR_TAG_BITS 8
+enum cr_lpm_tag {
+	CR_TAG_ROUTE = 0xff,
+	CR_TAG_BITS = 8, /* the tag's share of prefixlen */
+};
 struct cr_lpm_key {
 	__u32 prefixlen;
 	__u8 tag;
