@@ -136,6 +136,7 @@ struct cr_abi {
 	enum cr_mode mode;
 	enum cr_counter counter;
 	enum cr_lpm_tag tag;
+	enum cr_token token;
 	struct cr_event event;
 };
 const volatile struct cr_abi cr_abi_types = {};
@@ -405,14 +406,28 @@ static __always_inline void emit_event(const struct cr_bucket_key *key, struct c
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* GCRA: T = period; tat' = max(tat, now) + T; allow iff tat' - now <= burst * T.
- * Returns 1 when allowed. */
+/* C(now) of a token clock (connrate.h). q and r keep the products in range:
+ * r < period <= 60 s, so r * CR_TOKEN < 2^56. */
+static __always_inline __u64 token_clock(const struct cr_token_clock *c, __u64 now)
+{
+	__u64 elapsed, q, r;
+
+	if (now <= c->base_ns || !c->period_ns)
+		return c->base_tokens;
+	elapsed = now - c->base_ns;
+	q = elapsed / c->period_ns;
+	r = elapsed - q * c->period_ns;
+	return c->base_tokens + q * (__u64)CR_TOKEN + r * (__u64)CR_TOKEN / c->period_ns;
+}
+
+/* GCRA on the token clock: tat' = max(tat, C) + 1 token; allow iff
+ * tat' - C <= burst tokens. Returns 1 when allowed. */
 static __always_inline int bucket_allows(const struct packet *p, const struct cr_config *cfg,
 					 __u64 now)
 {
 	struct cr_bucket_key key = { .dport = p->dport, .proto = p->proto };
-	__u64 period = cfg->period_ns[p->proto & 1];
-	__u64 limit = period * cfg->burst;
+	__u64 clock = token_clock(&cfg->clock[p->proto & 1], now);
+	__u64 limit = (__u64)cfg->burst * (__u64)CR_TOKEN;
 	struct cr_bucket *b;
 	int i;
 
@@ -429,10 +444,10 @@ static __always_inline int bucket_allows(const struct packet *p, const struct cr
 	b = bpf_map_lookup_elem(&buckets, &key);
 	if (!b) {
 		/* A new key starts full: this packet takes the first token. */
-		struct cr_bucket fresh = { .tat = now + period };
+		struct cr_bucket fresh = { .tat = clock + (__u64)CR_TOKEN };
 		long err;
 
-		if (period > limit)
+		if (CR_TOKEN > limit)
 			goto over; /* burst 0: nothing is ever allowed */
 		err = bpf_map_update_elem(&buckets, &key, &fresh, BPF_NOEXIST);
 		if (!err)
@@ -446,9 +461,9 @@ static __always_inline int bucket_allows(const struct packet *p, const struct cr
 
 	for (i = 0; i < CR_CAS_RETRIES; i++) {
 		__u64 old = READ_ONCE(b->tat);
-		__u64 tat = (old > now ? old : now) + period;
+		__u64 tat = (old > clock ? old : clock) + CR_TOKEN;
 
-		if (tat - now > limit)
+		if (tat - clock > limit)
 			goto over_bucket;
 		if (__sync_val_compare_and_swap(&b->tat, old, tat) == old)
 			return 1;
@@ -528,7 +543,7 @@ int connrate_xdp(struct xdp_md *ctx)
 		count(CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
-	if (!cfg->period_ns[p.proto & 1] || !port_listed(cfg, p.proto, p.dport) ||
+	if (!cfg->clock[p.proto & 1].period_ns || !port_listed(cfg, p.proto, p.dport) ||
 	    !bpf_map_lookup_elem(&local_addrs, &p.dst)) {
 		count(CR_CNT_NOT_MONITORED);
 		return XDP_PASS;

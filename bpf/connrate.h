@@ -44,6 +44,11 @@ enum cr_proto {
 	CR_PROTO_COUNT = 2,
 };
 
+/* One token in token-clock units (an enum, so user space reads it from BTF). */
+enum cr_token {
+	CR_TOKEN = 1 << 20,
+};
+
 enum cr_mode {
 	CR_MODE_BLOCK = 0,
 	CR_MODE_LOG = 1,
@@ -85,9 +90,10 @@ struct cr_bucket_key {
 	__u8 pad;
 };
 
-/* GCRA state: `tat` is the theoretical arrival time; the rest is for admins. */
+/* GCRA state: `tat` is the theoretical arrival time on the protocol's token
+ * clock (below); the rest is for admins. */
 struct cr_bucket {
-	__u64 tat;           /* updated only by compare-and-swap */
+	__u64 tat;           /* token-clock units; updated only by compare-and-swap */
 	__u64 drops;         /* atomically incremented */
 	__u64 last_drop_ns;
 	__u64 last_event_ns; /* compare-and-swap: one log event per key per minute */
@@ -132,10 +138,22 @@ struct cr_lpm_key {
 	__u8 pad[3];
 };
 
+/* A protocol's token clock: C(t) = base_tokens + (t - base_ns) * CR_TOKEN / period_ns,
+ * one CR_TOKEN per period. GCRA runs on C instead of on time
+ * (tat' = max(tat, C) + CR_TOKEN; allow iff tat' - C <= burst * CR_TOKEN), which
+ * is the same at a constant rate and lets a rate change keep every key's
+ * tokens: user space rebases the clock (base = C(now)) when the period changes,
+ * so C is continuous and never runs backwards. */
+struct cr_token_clock {
+	__u64 base_ns;
+	__u64 base_tokens;
+	__u64 period_ns; /* 60 s / rate; 0 = limit off (the clock stands still) */
+};
+
 /* One complete configuration. Two live in `config`; `config_slot` says which is
  * in force, so a packet sees the old configuration or the new, never a mix. */
 struct cr_config {
-	__u64 period_ns[CR_PROTO_COUNT]; /* 60 s / rate; 0 = limit off */
+	struct cr_token_clock clock[CR_PROTO_COUNT];
 	__u64 udp_timeout_ns;
 	__u64 generation;                /* bumped by user space on each apply */
 	__u32 rate[CR_PROTO_COUNT];      /* connections per minute, for events */
@@ -144,7 +162,7 @@ struct cr_config {
 	__u32 all_ports[CR_PROTO_COUNT]; /* 1: every port is monitored */
 	__u32 ipv6_mask[4];              /* source mask for IPv6 buckets, network order */
 	__u32 valid;                     /* 0 until user space writes the slot */
-	__u32 pad;
+	__u32 log_anonymize;             /* for the daemon's log lines; unused here */
 	__u64 ports[CR_PROTO_COUNT][CR_PORT_WORDS]; /* bit p set: port p monitored */
 };
 

@@ -1,0 +1,128 @@
+/**
+ * The extc store: one JSON file (CONNRATE_STORE), root-only, written
+ * atomically (temp file, fsync, rename) under a lock against concurrent writers.
+ * A bad or unreadable file is reported by name and never overwritten.
+ */
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { withFileLock } from '../lock.js';
+import { InvalidValueError, StoreError } from '../errors.js';
+import { APPLICATION, type ExtcValues, canonicalValue, checkApplication, defaults, lookupVariable } from './variables.js';
+
+export const DEFAULT_STORE = '/var/lib/connrate/extc.json';
+const FILE_MODE = 0o600;
+const DIR_MODE = 0o700;
+const FORMAT_VERSION = 1;
+
+export function storePath(): string {
+  return process.env.CONNRATE_STORE || DEFAULT_STORE;
+}
+
+interface StoreFile {
+  version: number;
+  application: string;
+  values: Record<string, string>;
+}
+
+export interface Change {
+  readonly name: string;
+  readonly from: string;
+  readonly to: string;
+}
+
+export class Store {
+  constructor(readonly path: string = storePath()) {}
+
+  /** Whether the store has a file (false: the embedded fresh-install defaults). */
+  exists(): boolean {
+    try {
+      readFileSync(this.path);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Every variable's value: the file's, or the defaults where there is no file. */
+  read(): ExtcValues {
+    let text: string;
+    try {
+      text = readFileSync(this.path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return defaults();
+      throw new StoreError('store.read', this.path, `cannot read: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO', { cause: err });
+    }
+    return this.#parse(text);
+  }
+
+  #parse(text: string): ExtcValues {
+    const bad = (why: string): never => {
+      throw new StoreError('store.read', this.path, `${why}; fix or remove the file (nothing was changed)`);
+    };
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch {
+      bad('is not valid JSON (truncated or corrupted?)');
+    }
+    if (typeof doc !== 'object' || doc === null) return bad('is not a connrate store');
+    const f = doc as Partial<StoreFile>;
+    if (f.version !== FORMAT_VERSION) bad(`has format version ${JSON.stringify(f.version)}, expected ${FORMAT_VERSION}`);
+    if (f.application !== APPLICATION) bad(`is for application ${JSON.stringify(f.application)}, not ${APPLICATION}`);
+    if (typeof f.values !== 'object' || f.values === null) return bad('has no values');
+    const values: Record<string, string> = { ...defaults() };
+    for (const [name, value] of Object.entries(f.values)) {
+      if (typeof value !== 'string') bad(`holds a non-text value for ${name}`);
+      try {
+        values[name] = canonicalValue('store.read', name, value as string);
+      } catch (err) {
+        if (err instanceof InvalidValueError) bad(`holds a bad value: ${err.message}`);
+        throw err;
+      }
+    }
+    return values;
+  }
+
+  /** Validate and store one value. Refusals leave the file byte-for-byte as it was. */
+  set(app: string, name: string, value: string): Change {
+    const op = 'extc value set';
+    checkApplication(op, app);
+    lookupVariable(op, name);
+    const canonical = canonicalValue(op, name, value);
+    mkdirSync(dirname(this.path), { recursive: true, mode: DIR_MODE });
+    return withFileLock(this.#lockPath(), () => {
+      const current = this.read();
+      const from = current[name] ?? '';
+      if (from !== canonical || !this.exists()) this.#write({ ...current, [name]: canonical });
+      return { name, from, to: canonical };
+    });
+  }
+
+  #lockPath(): string {
+    return join(dirname(this.path), `.${basename(this.path)}.lock`);
+  }
+
+  #write(values: ExtcValues): void {
+    const dir = dirname(this.path);
+    mkdirSync(dir, { recursive: true, mode: DIR_MODE });
+    const doc: StoreFile = { version: FORMAT_VERSION, application: APPLICATION, values: { ...values } };
+    const tmp = join(dir, `.${basename(this.path)}.${process.pid}.tmp`);
+    const fd = openSync(tmp, 'wx', FILE_MODE);
+    try {
+      writeSync(fd, `${JSON.stringify(doc, null, 2)}\n`);
+      fsyncSync(fd);
+    } catch (err) {
+      closeSync(fd);
+      unlinkSync(tmp);
+      throw new StoreError('store.write', this.path, `cannot write: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO', { cause: err });
+    }
+    closeSync(fd);
+    renameSync(tmp, this.path);
+    const dfd = openSync(dir, 'r');
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
+  }
+}

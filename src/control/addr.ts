@@ -1,0 +1,82 @@
+/**
+ * Addresses as the datapath sees them: 16 bytes, IPv4 v4-mapped (::ffff:a.b.c.d).
+ */
+import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
+
+export const ADDR_LEN = 16;
+const V4_MAPPED_BITS = 96;
+
+export interface Prefix {
+  /** 16-byte address, host bits zeroed. */
+  readonly bytes: Buffer;
+  /** Prefix length over the 16-byte form (IPv4 /24 → 120). */
+  readonly bits: number;
+  /** The prefix as written by people: 198.18.0.0/24, 2001:db8::/32. */
+  readonly text: string;
+}
+
+export class AddressError extends Error {
+  constructor(readonly input: string, reason: string) {
+    super(`${JSON.stringify(input)} is not ${reason}`);
+    this.name = 'AddressError';
+  }
+}
+
+/** Parse an IPv4 or IPv6 address into its 16-byte datapath form. */
+export function addrBytes(text: string): Buffer {
+  if (isIP(text) === 0) throw new AddressError(text, 'an IPv4 or IPv6 address');
+  const a = ipaddr.parse(text);
+  const v6 = a.kind() === 'ipv4' ? (a as ipaddr.IPv4).toIPv4MappedAddress() : (a as ipaddr.IPv6);
+  return Buffer.from(v6.toByteArray());
+}
+
+/** The address of a 16-byte datapath form, IPv4 when v4-mapped. */
+export function addrText(bytes: Uint8Array): string {
+  const v6 = ipaddr.fromByteArray(Array.from(bytes.subarray(0, ADDR_LEN))) as ipaddr.IPv6;
+  return v6.isIPv4MappedAddress() ? v6.toIPv4Address().toString() : v6.toString();
+}
+
+export function isV4Mapped(bytes: Uint8Array): boolean {
+  return (ipaddr.fromByteArray(Array.from(bytes.subarray(0, ADDR_LEN))) as ipaddr.IPv6).isIPv4MappedAddress();
+}
+
+/** Zero every bit past `bits` of a 16-byte address (in place) and return it. */
+export function maskBytes(bytes: Buffer, bits: number): Buffer {
+  for (let i = 0; i < ADDR_LEN; i++) {
+    const keep = Math.max(0, Math.min(8, bits - i * 8));
+    bytes[i] = (bytes[i] ?? 0) & ((0xff << (8 - keep)) & 0xff);
+  }
+  return bytes;
+}
+
+/** Parse "198.18.0.0/15", "2001:db8::/32" or a bare address (a host prefix). */
+export function parsePrefix(text: string): Prefix {
+  const t = text.trim();
+  let addr: ipaddr.IPv4 | ipaddr.IPv6;
+  let len: number;
+  if (t.includes('/')) {
+    if (!ipaddr.isValidCIDR(t) || isIP(t.slice(0, t.indexOf('/'))) === 0) throw new AddressError(text, 'a CIDR prefix like 198.18.0.0/15 or 2001:db8::/32');
+    [addr, len] = ipaddr.parseCIDR(t);
+  } else {
+    if (isIP(t) === 0) throw new AddressError(text, 'an address or CIDR prefix');
+    addr = ipaddr.parse(t);
+    len = addr.kind() === 'ipv4' ? 32 : 128;
+  }
+  const v4 = addr.kind() === 'ipv4';
+  const bits = v4 ? V4_MAPPED_BITS + len : len;
+  const bytes = maskBytes(addrBytes(addr.toString()), bits);
+  const network = v4 ? addrText(bytes) : (ipaddr.fromByteArray(Array.from(bytes)) as ipaddr.IPv6).toString();
+  return { bytes, bits, text: `${network}/${len}` };
+}
+
+/** The 16 bytes that mask an address to its first `bits` bits. */
+export function maskOf(bits: number): Buffer {
+  return maskBytes(Buffer.alloc(ADDR_LEN, 0xff), bits);
+}
+
+/** "198.18.0.0/24" from a 16-byte address and a prefix length over that form. */
+export function prefixText(bytes: Uint8Array, bits: number): string {
+  const v4 = isV4Mapped(bytes) && bits >= V4_MAPPED_BITS;
+  return parsePrefix(`${addrText(bytes)}/${v4 ? bits - V4_MAPPED_BITS : bits}`).text;
+}

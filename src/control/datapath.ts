@@ -1,0 +1,247 @@
+/**
+ * The connrate datapath as one object: load the XDP program, feed it
+ * configuration, addresses and routes, read its counters.
+ */
+import { fileURLToPath } from 'node:url';
+import { BpfMap, BpfObject, Program } from '@xdp-ts/loader';
+import { addrBytes, prefixText } from './addr.js';
+import {
+  type Abi,
+  type AppliedConfig,
+  type CounterName,
+  type DatapathConfig,
+  type PortKey,
+  type PortStats,
+  decodeConfig,
+  decodePortKey,
+  encodeConfig,
+  encodeLpmKey,
+  periodNs,
+  rebaseClock,
+  readAbi,
+  readU32,
+  readU64,
+  sumPortStats,
+  writeU32,
+  writeU64,
+} from './abi.js';
+
+/** The compiled program, built by `npm run build` (override: CONNRATE_BPF_OBJECT). */
+export function defaultObjectPath(): string {
+  return process.env.CONNRATE_BPF_OBJECT ?? fileURLToPath(new URL('../../build/bpf/connrate.bpf.o', import.meta.url));
+}
+
+export const PROGRAM_NAME = 'connrate_xdp';
+
+/** Map sizes, set before load. */
+export interface MapSizes {
+  readonly buckets?: number;
+  readonly udpFlows?: number;
+  readonly localAddrs?: number;
+  readonly prefixes?: number;
+  readonly portStats?: number;
+  readonly eventRing?: number;
+}
+
+const SIZE_TO_MAP: Readonly<Record<keyof MapSizes, string>> = {
+  buckets: 'buckets',
+  udpFlows: 'udp_flows',
+  localAddrs: 'local_addrs',
+  prefixes: 'src_prefixes',
+  portStats: 'port_stats',
+  eventRing: 'events',
+};
+
+export interface LoadOptions {
+  readonly objectPath?: string;
+  /** Read "now" from the test_clock map instead of bpf_ktime_get_ns (tests only). */
+  readonly testClock?: boolean;
+  readonly sizes?: MapSizes;
+}
+
+const ZERO_KEY = Buffer.alloc(4);
+const ROUTE_PRESENT = Buffer.from([1]);
+const LOCAL_PRESENT = Buffer.from([1]);
+
+export class Datapath {
+  readonly abi: Abi;
+  readonly program: Program;
+  readonly #obj: BpfObject;
+  readonly #maps = new Map<string, BpfMap>();
+
+  readonly testClock: boolean;
+
+  private constructor(obj: BpfObject, testClock: boolean) {
+    this.#obj = obj;
+    this.testClock = testClock;
+    this.abi = readAbi(obj);
+    this.program = obj.program(PROGRAM_NAME);
+  }
+
+  /** Open → set read-only globals and map sizes → load. */
+  static load(opts: LoadOptions = {}): Datapath {
+    const obj = BpfObject.open(opts.objectPath ?? defaultObjectPath());
+    try {
+      if (opts.testClock) obj.setGlobal('cr_test_clock', true);
+      for (const [k, map] of Object.entries(SIZE_TO_MAP) as [keyof MapSizes, string][]) {
+        const n = opts.sizes?.[k];
+        if (n !== undefined) obj.setMaxEntries(map, n);
+      }
+      obj.load();
+      return new Datapath(obj, opts.testClock ?? false);
+    } catch (err) {
+      obj.close();
+      throw err;
+    }
+  }
+
+  map(name: string): BpfMap {
+    let m = this.#maps.get(name);
+    if (!m) {
+      m = this.#obj.map(name);
+      this.#maps.set(name, m);
+    }
+    return m;
+  }
+
+  close(): void {
+    this.#obj.close();
+  }
+
+  // ------------------------------------------------------------ configuration
+
+  activeSlot(): number {
+    const v = this.map('config_slot').lookup(ZERO_KEY);
+    return v ? readU32(v, this.abi.configSlot.field('slot').offset) & 1 : 0;
+  }
+
+  /** The configuration in force, or undefined before the first apply. */
+  appliedConfig(): (AppliedConfig & { exempt: string[] }) | undefined {
+    const slot = this.activeSlot();
+    const v = this.map('config').lookup(slotKey(slot));
+    if (!v) return undefined;
+    const cfg = decodeConfig(this.abi, v);
+    if (!cfg.valid) return undefined;
+    return { ...cfg, exempt: this.#prefixesTagged(slot) };
+  }
+
+  /**
+   * Apply a configuration atomically: write the idle slot (config and exempt
+   * list), then flip `config_slot`. A packet reads the slot once, so it sees the
+   * old configuration or the new, never a mix. The old slot's leftovers are
+   * cleared at the start of the next apply, long after any packet used them.
+   */
+  applyConfig(cfg: DatapathConfig, opts: { logAnonymize?: boolean } = {}): AppliedConfig {
+    const active = this.activeSlot();
+    const raw = this.map('config').lookup(slotKey(active));
+    const current = raw ? decodeConfig(this.abi, raw) : undefined;
+    const old = current?.valid ? current : undefined;
+    const generation = (current?.generation ?? 0n) + 1n;
+    const now = this.now();
+    const clocks = {
+      tcp: rebaseClock(old?.clocks.tcp, periodNs(cfg.tcp.rate), now, this.abi.token),
+      udp: rebaseClock(old?.clocks.udp, periodNs(cfg.udp.rate), now, this.abi.token),
+    };
+    const next = active ^ 1;
+    const encoded = encodeConfig(this.abi, cfg, generation, clocks, opts.logAnonymize); // validates before touching maps
+    const exemptKeys = cfg.exempt.map((p) => encodeLpmKey(this.abi, next, p));
+
+    const prefixes = this.map('src_prefixes');
+    for (const key of this.#lpmKeysTagged(next)) prefixes.delete(key);
+    for (const key of exemptKeys) prefixes.update(key, ROUTE_PRESENT);
+    this.map('config').update(slotKey(next), encoded);
+    const slot = this.abi.configSlot.alloc();
+    writeU32(slot, this.abi.configSlot.field('slot').offset, next);
+    this.map('config_slot').update(ZERO_KEY, slot);
+    return decodeConfig(this.abi, encoded);
+  }
+
+  // ------------------------------------------------------------ addresses and routes
+
+  /** Make the local-address set exactly `addrs`. */
+  setLocalAddresses(addrs: readonly string[]): void {
+    const want = new Map(addrs.map((a) => [addrBytes(a).toString('hex'), addrBytes(a)]));
+    const m = this.map('local_addrs');
+    for (const key of [...m.keys()]) {
+      if (!want.delete(key.toString('hex'))) m.delete(key);
+    }
+    for (const key of want.values()) m.update(key, LOCAL_PRESENT);
+  }
+
+  /** Make the non-default route set exactly `prefixes`. */
+  setRoutes(prefixes: readonly string[]): void {
+    const want = new Map(prefixes.map((p) => {
+      const key = encodeLpmKey(this.abi, this.abi.tagRoute, p);
+      return [key.toString('hex'), key] as const;
+    }));
+    const m = this.map('src_prefixes');
+    for (const key of this.#lpmKeysTagged(this.abi.tagRoute)) {
+      if (!want.delete(key.toString('hex'))) m.delete(key);
+    }
+    for (const key of want.values()) m.update(key, ROUTE_PRESENT);
+  }
+
+  routes(): string[] {
+    return this.#prefixesTagged(this.abi.tagRoute);
+  }
+
+  #lpmKeysTagged(tag: number): Buffer[] {
+    const tagOff = this.abi.lpmKey.field('tag').offset;
+    return [...this.map('src_prefixes').keys()].filter((k) => k[tagOff] === tag);
+  }
+
+  #prefixesTagged(tag: number): string[] {
+    const L = this.abi.lpmKey;
+    return this.#lpmKeysTagged(tag).map((k) => {
+      const bits = readU32(k, L.field('prefixlen').offset) - this.abi.tagBits;
+      const addr = k.subarray(L.field('addr').offset, L.field('addr').offset + 16);
+      return prefixText(addr, bits);
+    });
+  }
+
+  // ------------------------------------------------------------ clock
+
+  /** "now" as the datapath reads it: CLOCK_MONOTONIC, or the test clock. */
+  now(): bigint {
+    if (!this.testClock) return process.hrtime.bigint();
+    const v = this.map('test_clock').lookup(ZERO_KEY);
+    return v ? readU64(v, 0) : 0n;
+  }
+
+  /** Set the test clock (only read by a datapath loaded with testClock). */
+  setClock(ns: bigint): void {
+    const v = Buffer.alloc(8);
+    writeU64(v, 0, ns);
+    this.map('test_clock').update(ZERO_KEY, v);
+  }
+
+  // ------------------------------------------------------------ counters
+
+  counters(): Record<CounterName, bigint> {
+    const m = this.map('counters');
+    const out = {} as Record<CounterName, bigint>;
+    for (const [name, index] of this.abi.counters) {
+      const key = Buffer.alloc(4);
+      writeU32(key, 0, index);
+      const perCpu = m.lookupPerCpu(key) ?? [];
+      out[name] = perCpu.reduce((sum, v) => sum + readU64(v, 0), 0n);
+    }
+    return out;
+  }
+
+  portStats(): (PortKey & PortStats)[] {
+    const m = this.map('port_stats');
+    const out: (PortKey & PortStats)[] = [];
+    for (const key of m.keys()) {
+      const perCpu = m.lookupPerCpu(key);
+      if (perCpu) out.push({ ...decodePortKey(this.abi, key), ...sumPortStats(this.abi, perCpu) });
+    }
+    return out.sort((a, b) => a.proto.localeCompare(b.proto) || a.port - b.port);
+  }
+}
+
+function slotKey(slot: number): Buffer {
+  const k = Buffer.alloc(4);
+  writeU32(k, 0, slot);
+  return k;
+}
