@@ -179,6 +179,15 @@ static __always_inline __u64 now_ns(void)
 	return bpf_ktime_get_ns();
 }
 
+/* For the UDP flow table: seconds-scale timeouts need no more than the tick's
+ * resolution, and the coarse clock is several times cheaper to read. */
+static __always_inline __u64 coarse_now_ns(void)
+{
+	if (cr_test_clock)
+		return now_ns();
+	return bpf_ktime_get_coarse_ns();
+}
+
 static __always_inline void set_v4_mapped(struct cr_addr *a, __be32 v4)
 {
 	__u32 *w = (__u32 *)a->bytes;
@@ -342,7 +351,8 @@ static __always_inline int port_listed(const struct cr_config *cfg, __u8 proto, 
 	return (cfg->ports[proto & 1][port / 64] >> (port % 64)) & 1;
 }
 
-static __always_inline int source_exempt(const struct packet *p, __u32 slot)
+static __always_inline int source_exempt(const struct packet *p, __u32 slot,
+					 const struct cr_config *cfg)
 {
 	struct cr_lpm_key k = {
 		.prefixlen = CR_TAG_BITS + CR_ADDR_LEN * 8,
@@ -352,6 +362,8 @@ static __always_inline int source_exempt(const struct packet *p, __u32 slot)
 	__builtin_memcpy(k.addr, p->src.bytes, CR_ADDR_LEN);
 	if (bpf_map_lookup_elem(&src_prefixes, &k))
 		return 1;
+	if (!cfg->exempt_count)
+		return 0;
 	k.tag = slot;
 	return bpf_map_lookup_elem(&src_prefixes, &k) != NULL;
 }
@@ -548,13 +560,10 @@ int connrate_xdp(struct xdp_md *ctx)
 		count(CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
-	if (source_exempt(&p, slot)) {
-		count(CR_CNT_EXEMPT);
-		return XDP_PASS;
-	}
 	count(CR_CNT_MONITORED);
 
-	now = now_ns();
+	/* New or established first: established packets never need the
+	 * exemption lookups, whoever sends them. */
 	if (p.proto == CR_PROTO_TCP) {
 		if (!p.tcp_new) {
 			count(CR_CNT_ESTABLISHED);
@@ -565,12 +574,18 @@ int connrate_xdp(struct xdp_md *ctx)
 		fk.dst = p.dst;
 		fk.sport = p.sport;
 		fk.dport = p.dport;
-		if (!udp_claim_new(&fk, cfg, now)) {
+		if (!udp_claim_new(&fk, cfg, coarse_now_ns())) {
 			count(CR_CNT_ESTABLISHED);
 			return XDP_PASS;
 		}
 	}
+	/* An exempt source's UDP flow stays claimed: its next packets are established. */
+	if (source_exempt(&p, slot, cfg)) {
+		count(CR_CNT_EXEMPT);
+		return XDP_PASS;
+	}
 
+	now = now_ns();
 	if (bucket_allows(&p, cfg, now)) {
 		verdict_cnt = CR_CNT_NEW_ALLOWED;
 	} else if (cfg->mode == CR_MODE_LOG) {

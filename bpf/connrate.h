@@ -56,10 +56,12 @@ enum cr_mode {
 
 /* Global per-CPU counters: index into the `counters` PERCPU_ARRAY. */
 enum cr_counter {
+	/* seen = monitored + not_monitored + unparsable;
+	 * monitored = established + exempt + new_allowed + new_dropped + new_would_drop */
 	CR_CNT_SEEN = 0,          /* every packet the program ran on */
-	CR_CNT_MONITORED,         /* local dst, default-route src, limit on, port listed */
-	CR_CNT_ESTABLISHED,       /* monitored, but not a new connection */
-	CR_CNT_EXEMPT,            /* source inside a non-default route or the exempt list */
+	CR_CNT_MONITORED,         /* TCP/UDP to a local address, limit on, port listed */
+	CR_CNT_ESTABLISHED,       /* monitored, not a new connection (never limited) */
+	CR_CNT_EXEMPT,            /* new connection from a non-default route or the exempt list */
 	CR_CNT_NOT_MONITORED,     /* parsed, but not for a limit (foreign dst, off, port unlisted, non-TCP/UDP) */
 	CR_CNT_UNPARSABLE,        /* truncated or malformed headers */
 	CR_CNT_NEW_ALLOWED,       /* new connections let through */
@@ -163,6 +165,8 @@ struct cr_config {
 	__u32 ipv6_mask[4];              /* source mask for IPv6 buckets, network order */
 	__u32 valid;                     /* 0 until user space writes the slot */
 	__u32 log_anonymize;             /* for the daemon's log lines; unused here */
+	__u32 exempt_count;              /* prefixes tagged with this slot; 0 skips the lookup */
+	__u32 pad;
 	__u64 ports[CR_PROTO_COUNT][CR_PORT_WORDS]; /* bit p set: port p monitored */
 };
 

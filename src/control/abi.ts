@@ -245,6 +245,7 @@ export function encodeConfig(abi: Abi, cfg: DatapathConfig, generation: bigint, 
   maskOf(cfg.ipv6Prefix).copy(b, L.field('ipv6_mask').offset);
   writeU32(b, L.field('valid').offset, 1);
   writeU32(b, L.field('log_anonymize').offset, logAnonymize ? 1 : 0);
+  writeU32(b, L.field('exempt_count').offset, cfg.exempt.length);
   return b;
 }
 

@@ -53,10 +53,14 @@ describe('sources', () => {
     expect(bench.dp.appliedConfig()?.exempt).toEqual(['2001:db8:1::/48']);
   });
 
-  it('does not touch the established path of exempt sources either', () => {
-    bench = openBench({ exempt: ['198.19.0.0/15'] });
+  it('counts exempt new connections as exempt, and their later packets as established', () => {
+    bench = openBench({ exempt: ['198.19.0.0/16'] });
     const ack = { ...syn(CLIENT4, 443), dst: APPLIANCE4, syn: false, ack: true };
     expect(bench.burst(10, () => ack).drop).toBe(0);
-    expect(bench.dp.counters().exempt).toBe(10n);
+    expect(bench.burst(10, (i) => udp(CLIENT4, 53, 40000 + (i % 2))).drop).toBe(0); // two flows
+    const c = bench.dp.counters();
+    expect(c.exempt).toBe(2n);
+    expect(c.established).toBe(18n);
+    expect(c.monitored).toBe(20n);
   });
 });
