@@ -2,7 +2,7 @@
 export {
   BpfError, KeyExistsError, KeyNotExistError, MapFullError, PermissionError, VerifierError,
 } from './errors.js';
-export { BpfObject, type BtfStruct, type OpenOptions } from './object.js';
+export { BpfObject, type BtfStruct, type MapSpec, type OpenOptions } from './object.js';
 export {
   BpfMap, MAP_TYPE, MapBatchCursor, numPossibleCpus, type BatchResult, type MapInfo, type UpdateFlag,
 } from './map.js';

@@ -15,6 +15,8 @@ export interface OpenOptions {
   kernelLogLevel?: number;
 }
 
+export interface MapSpec { name: string; type: number; keySize: number; valueSize: number; maxEntries: number; internal: boolean }
+
 export interface BtfStruct { name: string; size: number; members: { name: string; offset: number; size: number }[] }
 
 /** Section kinds whose variables setGlobal() can set. */
@@ -55,6 +57,14 @@ export class BpfObject {
   /** All maps, including internal ones such as "<obj>.rodata". */
   mapNames(): string[] {
     return this.#maps('mapNames').map((m) => m.name);
+  }
+
+  /** A map as the object declares it (before load) or as it was created (after): like cilium/ebpf's MapSpec. */
+  mapSpec(name: string): MapSpec {
+    const op = this.#op(`mapSpec(${name})`);
+    this.#checkMap(op, name);
+    const m = this.#maps('mapSpec').find((d) => d.name === name)!;
+    return { name: m.name, type: m.type, keySize: m.keySize, valueSize: m.valueSize, maxEntries: m.maxEntries, internal: m.internal };
   }
 
   programNames(): string[] {

@@ -23,6 +23,21 @@ describe('BpfObject before load', () => {
     }
   });
 
+  it('describes a map before load, with the size set by setMaxEntries', () => {
+    const obj = BpfObject.open(fx.test);
+    try {
+      const spec = obj.mapSpec('xtl_hash');
+      expect(spec).toMatchObject({ name: 'xtl_hash', type: MAP_TYPE.HASH, internal: false });
+      expect(spec.keySize).toBeGreaterThan(0);
+      obj.setMaxEntries('xtl_hash', 77);
+      expect(obj.mapSpec('xtl_hash').maxEntries).toBe(77);
+      expect(obj.mapSpec('xtl_test.rodata').internal).toBe(true);
+      expect(() => obj.mapSpec('nope')).toThrow(/nope/);
+    } finally {
+      obj.close();
+    }
+  });
+
   it('introspects BTF structs and enums, before and after load', () => {
     const obj = BpfObject.open(fx.test);
     try {

@@ -135,7 +135,7 @@ export function canonicalValue(op: string, name: string, value: string): string 
           throw err;
         }
       }
-      return formatList([...prefixes]);
+      return formatList([...prefixes].sort());
     }
   }
 }
@@ -169,4 +169,26 @@ export function resolve(values: ExtcValues): DatapathConfig {
 /** Log sources with the host part zeroed? */
 export function anonymizeLogs(values: ExtcValues): boolean {
   return intOf(values, 'CONNECTION_RATE_LIMIT_LOG_ANONYMIZE') === 1;
+}
+
+/** The extc values a configuration in force corresponds to (for status and diffs). */
+export function fromDatapath(cfg: Omit<DatapathConfig, 'exempt'> & { exempt: readonly string[]; logAnonymize: boolean }): ExtcValues {
+  const list = (items: readonly (string | number)[]): string => formatList(items.map(String));
+  return {
+    CONNECTION_RATE_LIMIT_TCP: String(cfg.tcp.rate),
+    CONNECTION_RATE_LIMIT_TCP_PORTS: list(cfg.tcp.ports),
+    CONNECTION_RATE_LIMIT_UDP: String(cfg.udp.rate),
+    CONNECTION_RATE_LIMIT_UDP_PORTS: list(cfg.udp.ports),
+    CONNECTION_RATE_LIMIT_BURST: String(cfg.burst),
+    CONNECTION_RATE_LIMIT_MODE: cfg.mode,
+    CONNECTION_RATE_LIMIT_EXEMPT: list([...cfg.exempt].sort()),
+    CONNECTION_RATE_LIMIT_IPV6_PREFIX: String(cfg.ipv6Prefix),
+    CONNECTION_RATE_LIMIT_UDP_TIMEOUT: String(cfg.udpTimeoutSec),
+    CONNECTION_RATE_LIMIT_LOG_ANONYMIZE: cfg.logAnonymize ? '1' : '0',
+  };
+}
+
+/** Variables whose values differ, in table order. */
+export function diffValues(from: ExtcValues, to: ExtcValues): { name: string; from: string; to: string }[] {
+  return VARIABLES.filter((v) => from[v.name] !== to[v.name]).map((v) => ({ name: v.name, from: from[v.name] ?? '', to: to[v.name] ?? '' }));
 }

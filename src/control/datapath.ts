@@ -2,8 +2,11 @@
  * The connrate datapath as one object: load the XDP program, feed it
  * configuration, addresses and routes, read its counters.
  */
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { BpfMap, BpfObject, Program } from '@xdp-ts/loader';
+import { ConnrateError, EXIT, NoDatapathError } from '../errors.js';
+import type { PinDir } from './pins.js';
 import { addrBytes, prefixText } from './addr.js';
 import {
   type Abi,
@@ -57,29 +60,45 @@ export interface LoadOptions {
   /** Read "now" from the test_clock map instead of bpf_ktime_get_ns (tests only). */
   readonly testClock?: boolean;
   readonly sizes?: MapSizes;
+  /** Reuse the maps pinned here, or pin them here after load. */
+  readonly pins?: PinDir;
 }
 
 const ZERO_KEY = Buffer.alloc(4);
 const ROUTE_PRESENT = Buffer.from([1]);
 const LOCAL_PRESENT = Buffer.from([1]);
 
+/** Pinned maps that this build cannot use. */
+export class IncompatiblePinsError extends ConnrateError {
+  constructor(op: string, pinDir: string, detail: string, options?: { cause?: unknown }) {
+    super(op, 'EINVAL', `the datapath pinned at ${pinDir} was made by an incompatible connrate build (${detail}); run "connrate detach" to remove it — this resets all limits and counters — then start again`, EXIT.FAILURE, options);
+  }
+}
+
+/** Maps every connrate object has (the ELF's internal .rodata etc. are not pinned). */
+function programMaps(obj: BpfObject): string[] {
+  return obj.mapNames().filter((n) => !n.includes('.'));
+}
+
 export class Datapath {
   readonly abi: Abi;
-  readonly program: Program;
-  readonly #obj: BpfObject;
-  readonly #maps = new Map<string, BpfMap>();
-
   readonly testClock: boolean;
+  readonly #obj: BpfObject;
+  readonly #program: Program | undefined;
+  readonly #maps = new Map<string, BpfMap>();
+  readonly #openMap: (name: string) => BpfMap;
 
-  private constructor(obj: BpfObject, testClock: boolean) {
+  private constructor(obj: BpfObject, program: Program | undefined, openMap: (name: string) => BpfMap, testClock: boolean) {
     this.#obj = obj;
-    this.testClock = testClock;
     this.abi = readAbi(obj);
-    this.program = obj.program(PROGRAM_NAME);
+    this.#program = program;
+    this.#openMap = openMap;
+    this.testClock = testClock;
   }
 
-  /** Open → set read-only globals and map sizes → load. */
+  /** Open → set read-only globals and map sizes (→ reuse pinned maps) → load. */
   static load(opts: LoadOptions = {}): Datapath {
+    const op = 'datapath.load';
     const obj = BpfObject.open(opts.objectPath ?? defaultObjectPath());
     try {
       if (opts.testClock) obj.setGlobal('cr_test_clock', true);
@@ -87,24 +106,62 @@ export class Datapath {
         const n = opts.sizes?.[k];
         if (n !== undefined) obj.setMaxEntries(map, n);
       }
+      if (opts.pins) {
+        for (const name of programMaps(obj)) {
+          const pin = opts.pins.mapPin(name);
+          if (existsSync(pin)) checkPinnedMap(op, opts.pins.dir, obj, name, BpfMap.fromPinned(pin), opts.sizes);
+          obj.setPinPath(name, pin);
+        }
+      }
       obj.load();
-      return new Datapath(obj, opts.testClock ?? false);
+      const program = obj.program(PROGRAM_NAME);
+      return new Datapath(obj, program, (name) => obj.map(name), opts.testClock ?? false);
     } catch (err) {
       obj.close();
       throw err;
     }
   }
 
+  /**
+   * The datapath pinned at `pins`, for commands that do not load anything:
+   * its maps from bpffs, its ABI from the object file. Throws NoDatapathError
+   * when nothing is pinned.
+   */
+  static open(op: string, pins: PinDir, objectPath: string = defaultObjectPath()): Datapath {
+    if (!pins.exists()) throw new NoDatapathError(op, pins.dir);
+    const obj = BpfObject.open(objectPath);
+    try {
+      for (const name of programMaps(obj)) {
+        if (!existsSync(pins.mapPin(name))) throw new IncompatiblePinsError(op, pins.dir, `map ${name} is not pinned`);
+        checkPinnedMap(op, pins.dir, obj, name, BpfMap.fromPinned(pins.mapPin(name)));
+      }
+      return new Datapath(obj, undefined, (name) => BpfMap.fromPinned(pins.mapPin(name)), false);
+    } catch (err) {
+      obj.close();
+      throw err;
+    }
+  }
+
+  /** The loaded program (only for a datapath this process loaded). */
+  get program(): Program {
+    if (!this.#program) throw new ConnrateError('datapath.program', 'ENOENT', 'this datapath was opened from its pins; it has no program of its own');
+    return this.#program;
+  }
+
   map(name: string): BpfMap {
     let m = this.#maps.get(name);
     if (!m) {
-      m = this.#obj.map(name);
+      m = this.#openMap(name);
       this.#maps.set(name, m);
     }
     return m;
   }
 
+  /** Close every fd this object holds; pinned maps and links stay in the kernel. */
   close(): void {
+    for (const m of this.#maps.values()) m.close();
+    this.#maps.clear();
+    this.#program?.close();
     this.#obj.close();
   }
 
@@ -244,4 +301,21 @@ function slotKey(slot: number): Buffer {
   const k = Buffer.alloc(4);
   writeU32(k, 0, slot);
   return k;
+}
+
+/** A pinned map must be what this build would create, or we refuse before touching anything. */
+function checkPinnedMap(op: string, pinDir: string, obj: BpfObject, name: string, pinned: BpfMap, sizes?: MapSizes): void {
+  try {
+    const want = obj.mapSpec(name);
+    const sizeKey = (Object.keys(SIZE_TO_MAP) as (keyof MapSizes)[]).find((k) => SIZE_TO_MAP[k] === name);
+    const wantEntries = (sizeKey && sizes?.[sizeKey]) ?? want.maxEntries;
+    const diff: string[] = [];
+    if (pinned.type !== want.type) diff.push(`type ${pinned.type}, expected ${want.type}`);
+    if (pinned.keySize !== want.keySize) diff.push(`key size ${pinned.keySize}, expected ${want.keySize}`);
+    if (pinned.valueSize !== want.valueSize) diff.push(`value size ${pinned.valueSize}, expected ${want.valueSize}`);
+    if (sizes && pinned.maxEntries !== wantEntries) diff.push(`${pinned.maxEntries} entries, expected ${wantEntries}`);
+    if (diff.length) throw new IncompatiblePinsError(op, pinDir, `map ${name}: ${diff.join(', ')}`);
+  } finally {
+    pinned.close();
+  }
 }

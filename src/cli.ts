@@ -1,0 +1,250 @@
+/**
+ * bin/connrate — the command line of SPEC §4.
+ *
+ * Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed),
+ * 3 no datapath running.
+ */
+import { BpfError } from '@xdp-ts/loader';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Store } from './config/store.js';
+import { APPLICATION, VARIABLES, checkApplication } from './config/variables.js';
+import { COUNTER_NAMES, type Stats, detach, readStats, stats, status, top, updateRule } from './control/commands.js';
+import { Daemon, type XdpModeChoice } from './control/daemon.js';
+import { Datapath } from './control/datapath.js';
+import { PinDir } from './control/pins.js';
+import { extcTable, table } from './control/table.js';
+import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
+
+const out = (s: string): void => void process.stdout.write(`${s}\n`);
+
+function json(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? (Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()) : v), 2);
+}
+
+function positiveInt(what: string, min = 1) {
+  return (v: string): number => {
+    if (!/^\d+$/.test(v) || Number(v) < min) throw new InvalidArgumentError(`${what} must be an integer ≥ ${min}`);
+    return Number(v);
+  };
+}
+
+/** `application X variable Y value Z…` → the words after each keyword. */
+function keywords(op: string, words: string[], expected: readonly string[]): Record<string, string> {
+  const got: Record<string, string> = {};
+  let i = 0;
+  for (const [n, kw] of expected.entries()) {
+    if (words[i] !== kw) throw new InvalidValueError(op, `expected "${kw}" ${n === 0 ? '' : `after "${expected[n - 1]}" `}but got ${words[i] === undefined ? 'nothing' : JSON.stringify(words[i])}; usage: connrate ${op} ${expected.map((k) => `${k} ${k.toUpperCase()}`).join(' ')}`);
+    const last = n === expected.length - 1;
+    const value = last ? words.slice(i + 1).join(' ') : words[i + 1];
+    if (value === undefined || value === '') throw new InvalidValueError(op, `"${kw}" needs a value`);
+    got[kw] = value;
+    i += 2;
+  }
+  return got;
+}
+
+function printStats(s: Stats, rates?: Record<string, number>): void {
+  const rate = (k: string): string[] => (rates ? [(rates[k] ?? 0).toFixed(1)] : []);
+  const rateCol = rates ? [{ header: 'per s', align: 'right' as const }] : [];
+  out(
+    table(
+      [{ header: 'packets' }, { header: 'total', align: 'right' }, ...rateCol],
+      COUNTER_NAMES.map((n) => [n, String(s.counters[n]), ...rate(n)]),
+    ),
+  );
+  out('');
+  const tot = { allowed: 0n, dropped: 0n, wouldDrop: 0n };
+  const rows = s.ports.map((p) => {
+    tot.allowed += p.allowed;
+    tot.dropped += p.dropped;
+    tot.wouldDrop += p.wouldDrop;
+    const key = `${p.proto}/${p.port}`;
+    return [p.proto, String(p.port), String(p.allowed), String(p.dropped), String(p.wouldDrop), ...rate(`${key}/dropped`)];
+  });
+  rows.push(['total', '', String(tot.allowed), String(tot.dropped), String(tot.wouldDrop), ...(rates ? [''] : [])]);
+  out(
+    table(
+      [
+        { header: 'proto' },
+        { header: 'port', align: 'right' },
+        { header: 'allowed', align: 'right' },
+        { header: 'dropped', align: 'right' },
+        { header: 'would drop', align: 'right' },
+        ...(rates ? [{ header: 'drops/s', align: 'right' as const }] : []),
+      ],
+      rows,
+    ),
+  );
+  out('');
+  out(`tracked: ${s.trackedBuckets}/${s.bucketCapacity} buckets, ${s.trackedFlows}/${s.flowCapacity} UDP flows`);
+}
+
+function statsRates(prev: Stats, cur: Stats, seconds: number): Record<string, number> {
+  const r: Record<string, number> = {};
+  for (const n of COUNTER_NAMES) r[n] = Number(cur.counters[n] - prev.counters[n]) / seconds;
+  for (const p of cur.ports) {
+    const before = prev.ports.find((q) => q.proto === p.proto && q.port === p.port);
+    r[`${p.proto}/${p.port}/dropped`] = Number(p.dropped - (before?.dropped ?? 0n)) / seconds;
+  }
+  return r;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('connrate')
+    .description('Per-source connection-rate limiting in XDP (SPEC: CONNECTION_RATE_LIMIT_*)')
+    .addHelpText('after', `
+Environment:
+  CONNRATE_STORE    the extc store (default /var/lib/connrate/extc.json)
+  CONNRATE_PIN_DIR  where the datapath is pinned on bpffs (default /sys/fs/bpf/connrate)
+
+Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath running.`)
+    .exitOverride()
+    .showHelpAfterError(false);
+  const pins = (): PinDir => new PinDir();
+  const store = (): Store => new Store();
+
+  const extc = program.command('extc').description('extc variables of application securepoint_firewall');
+  const value = extc.command('value').description('get or set values');
+  value
+    .command('get')
+    .description(`print every variable: extc value get application ${APPLICATION}`)
+    .argument('<words...>', `application ${APPLICATION}`)
+    .action((words: string[]) => {
+      const op = 'extc value get';
+      const { application } = keywords(op, words, ['application']);
+      checkApplication(op, application!);
+      const values = store().read();
+      out(extcTable(APPLICATION, VARIABLES.map((v) => [v.name, values[v.name] ?? v.default])));
+    });
+  value
+    .command('set')
+    .description(`store one value (apply it with "system update rule"): extc value set application ${APPLICATION} variable NAME value VALUE`)
+    .argument('<words...>', `application ${APPLICATION} variable NAME value VALUE`)
+    .action((words: string[]) => {
+      const op = 'extc value set';
+      const kw = keywords(op, words, ['application', 'variable', 'value']);
+      const change = store().set(kw.application!, kw.variable!, kw.value!);
+      out(change.from === change.to ? `${change.name} is already ${change.to}` : `${change.name}: ${change.from} -> ${change.to} (stored; run "system update rule" to apply)`);
+    });
+
+  program
+    .command('system')
+    .description('system commands')
+    .command('update')
+    .description('update')
+    .command('rule')
+    .description('apply the stored extc values to the running datapath, atomically')
+    .action(() => {
+      const r = updateRule(pins(), store());
+      if (r.changes.length === 0) out(`no change; configuration generation ${r.generation} in force`);
+      for (const c of r.changes) out(`${c.name}: ${c.from || '(none)'} -> ${c.to}`);
+      if (r.changes.length) out(`applied: configuration generation ${r.generation} in force (${r.ms.toFixed(1)} ms)`);
+    });
+
+  program
+    .command('run')
+    .description('the daemon: attach, keep addresses and routes in sync, log limits, serve metrics')
+    .addOption(new Option('--interface <if>', 'attach to this interface (repeatable); default: every interface with a default route').argParser((v: string, acc: string[] = []) => [...acc, v]))
+    .addOption(new Option('--xdp-mode <mode>', 'XDP mode').choices(['auto', 'native', 'generic']).default('auto'))
+    .option('--metrics <host:port|off>', 'Prometheus endpoint', '127.0.0.1:9470')
+    .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string }) => {
+      const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store() });
+      out(`connrate: running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}`);
+      const stop = (sig: string): void => {
+        out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
+        void d.stop().then(() => process.exit(EXIT.OK));
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      await d.stopped;
+    });
+
+  program
+    .command('status')
+    .description('attached interfaces, XDP mode, configuration in force vs stored')
+    .option('--json', 'JSON output')
+    .action((o: { json?: boolean }) => {
+      const s = status(pins(), store());
+      if (o.json) return out(json(s));
+      out(`datapath: ${s.pinDir}, daemon ${s.daemonRunning ? 'running' : 'not running'}`);
+      out('');
+      out(table([{ header: 'interface' }, { header: 'xdp mode' }, { header: 'link', align: 'right' }, { header: 'program', align: 'right' }],
+        s.interfaces.map((i) => [i.ifname, i.mode ?? '?', String(i.linkId ?? ''), String(i.progId ?? '')])));
+      out('');
+      out(table([{ header: 'variable' }, { header: `in force (generation ${s.generation ?? '-'})` }, { header: `stored (${s.storedFrom})` }],
+        VARIABLES.map((v) => [v.name, s.inForce?.[v.name] ?? '-', `${s.stored[v.name] ?? ''}${s.pending.includes(v.name) ? '  (pending: system update rule)' : ''}`])));
+    });
+
+  program
+    .command('stats')
+    .description('counters: packets by outcome, new connections by port')
+    .option('--json', 'JSON output')
+    .option('--watch <seconds>', 'print again every N seconds, with per-second rates', positiveInt('--watch'))
+    .action(async (o: { json?: boolean; watch?: number }) => {
+      if (!o.watch) {
+        const s = stats(pins());
+        return o.json ? out(json(s)) : printStats(s);
+      }
+      const dp = Datapath.open('stats', pins());
+      let prev = readStats(dp);
+      for (;;) {
+        await new Promise((r) => setTimeout(r, o.watch! * 1000));
+        const cur = readStats(dp);
+        const rates = statsRates(prev, cur, o.watch);
+        if (o.json) out(json({ ...cur, rates }));
+        else {
+          out(`--- ${new Date().toISOString()}`);
+          printStats(cur, rates);
+        }
+        prev = cur;
+      }
+    });
+
+  program
+    .command('top')
+    .description('the sources most limited now')
+    .option('--limit <n>', 'rows', positiveInt('--limit'), 20)
+    .option('--json', 'JSON output')
+    .action((o: { limit: number; json?: boolean }) => {
+      const rows = top(pins(), o.limit);
+      if (o.json) return out(json(rows));
+      if (rows.length === 0) return out('no source has been limited');
+      out(table(
+        [{ header: 'source' }, { header: 'port', align: 'right' }, { header: 'proto' }, { header: 'drops', align: 'right' }, { header: 'last drop', align: 'right' }, { header: 'tokens', align: 'right' }],
+        rows.map((r) => [r.src, String(r.dport), r.proto, String(r.drops), `${r.lastDropAgoSec.toFixed(1)}s ago`, String(r.tokens)]),
+      ));
+    });
+
+  program
+    .command('detach')
+    .description('remove the program from every interface and unpin it (stops limiting)')
+    .action(() => {
+      const names = detach(pins());
+      out(`connrate: detached${names.length ? ` from ${names.join(', ')}` : ''}; pins removed`);
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT.OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return EXIT.OK;
+      return EXIT.USAGE; // commander already printed the message
+    }
+    if (err instanceof ConnrateError) {
+      process.stderr.write(`connrate: ${err.op}: ${err.message}\n`);
+      return err.exitCode;
+    }
+    if (err instanceof BpfError) {
+      process.stderr.write(`connrate: ${err.message}\n`);
+      return EXIT.FAILURE;
+    }
+    process.stderr.write(`connrate: ${(err as Error).stack ?? String(err)}\n`);
+    return EXIT.FAILURE;
+  }
+}

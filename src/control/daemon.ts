@@ -1,0 +1,185 @@
+/**
+ * `connrate run`: load (or adopt) the pinned datapath, attach it, keep local
+ * addresses and routes in sync, turn events into log lines. The datapath stays
+ * attached when the daemon exits or crashes; `connrate detach` removes it.
+ */
+import { existsSync, unlinkSync } from 'node:fs';
+import { BpfError, Link, type Program, RingBufferReader, ifIndex } from '@xdp-ts/loader';
+import { resolve } from '../config/variables.js';
+import { Store } from '../config/store.js';
+import { ConnrateError, EXIT } from '../errors.js';
+import type { FileLock } from '../lock.js';
+import { decodeEvent } from './abi.js';
+import { BlockLog, formatEvent } from './blocklog.js';
+import { Datapath, type MapSizes } from './datapath.js';
+import { NetWatcher, readNetState } from './netstate.js';
+import { PinDir } from './pins.js';
+
+export type XdpModeChoice = 'auto' | 'native' | 'generic';
+
+export interface RunOptions {
+  /** Interfaces to attach to; empty: those that carry a default route. */
+  readonly interfaces: readonly string[];
+  readonly xdpMode: XdpModeChoice;
+  readonly pins: PinDir;
+  readonly store: Store;
+  readonly sizes?: MapSizes;
+  /** Informational lines (stdout). */
+  readonly info?: (line: string) => void;
+  /** Called once everything is attached and in sync (tests, metrics). */
+  readonly onReady?: (d: Daemon) => void;
+}
+
+export interface Attachment {
+  readonly ifname: string;
+  readonly mode: 'native' | 'generic' | 'adopted';
+}
+
+export class Daemon {
+  readonly attachments: Attachment[] = [];
+  #watcher: NetWatcher | undefined;
+  #reader: RingBufferReader | undefined;
+  #blockLog: BlockLog | undefined;
+  #stopped: Promise<void>;
+  #stop!: () => void;
+
+  private constructor(
+    readonly dp: Datapath,
+    private readonly lock: FileLock,
+    private readonly opts: RunOptions,
+  ) {
+    this.#stopped = new Promise((r) => (this.#stop = r));
+  }
+
+  static start(opts: RunOptions): Daemon {
+    const info = opts.info ?? ((l: string) => process.stdout.write(`${l}\n`));
+    opts.pins.ensure();
+    const lock = opts.pins.lockDaemon();
+    let dp: Datapath | undefined;
+    try {
+      const adopting = existsSync(opts.pins.mapPin('config'));
+      dp = Datapath.load({ pins: opts.pins, ...(opts.sizes ? { sizes: opts.sizes } : {}) });
+      const d = new Daemon(dp, lock, { ...opts, info });
+      info(adopting ? `connrate: adopted the datapath pinned at ${opts.pins.dir}` : `connrate: loaded the datapath, pinned at ${opts.pins.dir}`);
+      d.#sync();
+      if (!dp.appliedConfig()) {
+        const values = opts.store.read();
+        const applied = dp.applyConfig(resolve(values), { logAnonymize: values.CONNECTION_RATE_LIMIT_LOG_ANONYMIZE === '1' });
+        info(`connrate: applied the ${opts.store.exists() ? `stored configuration (${opts.store.path})` : 'embedded defaults'}, generation ${applied.generation}`);
+      }
+      d.#attachAll(readNetState().defaultRouteInterfaces);
+      d.#watcher = new NetWatcher(() => d.#onNetChange());
+      d.#blockLog = new BlockLog(info);
+      d.#reader = new RingBufferReader(dp.map('events'), (records) => d.#onEvents(records));
+      opts.onReady?.(d);
+      return d;
+    } catch (err) {
+      dp?.close();
+      lock.release();
+      throw err;
+    }
+  }
+
+  get info(): (line: string) => void {
+    return this.opts.info ?? (() => {});
+  }
+
+  /** Resolves when stop() has finished. */
+  get stopped(): Promise<void> {
+    return this.#stopped;
+  }
+
+  #sync(): void {
+    const state = readNetState();
+    this.dp.setLocalAddresses(state.localAddresses);
+    this.dp.setRoutes(state.routes);
+  }
+
+  #onNetChange(): void {
+    try {
+      this.#sync();
+      if (this.opts.interfaces.length === 0) this.#attachAll(readNetState().defaultRouteInterfaces);
+    } catch (err) {
+      this.info(`connrate: resync failed: ${(err as Error).message}`);
+    }
+  }
+
+  #onEvents(records: Buffer[]): void {
+    const cfg = this.dp.appliedConfig();
+    for (const r of records) this.#blockLog?.write(formatEvent(decodeEvent(this.dp.abi, r), cfg?.logAnonymize ?? false));
+  }
+
+  /** Attach to every target interface not attached yet. */
+  #attachAll(defaultRouteIfs: readonly string[]): void {
+    const targets = this.opts.interfaces.length ? this.opts.interfaces : defaultRouteIfs;
+    if (targets.length === 0 && this.attachments.length === 0) {
+      this.info('connrate: no interface carries a default route yet; waiting for one (or name them with --interface)');
+    }
+    for (const ifname of targets) {
+      if (this.attachments.some((a) => a.ifname === ifname)) continue;
+      this.attachments.push(this.#attach(ifname));
+    }
+  }
+
+  #attach(ifname: string): Attachment {
+    let ifindex: number;
+    try {
+      ifindex = ifIndex(ifname);
+    } catch {
+      throw new ConnrateError('run', 'ENODEV', `no such interface: ${ifname}`, EXIT.USAGE);
+    }
+    const pin = this.opts.pins.linkPin(ifname);
+    if (existsSync(pin)) {
+      const link = Link.fromPinned(pin);
+      try {
+        if (link.info().ifindex === ifindex) {
+          link.update(this.dp.program); // this build's program, the same pinned maps
+          this.info(`connrate: ${ifname}: adopted the pinned XDP link`);
+          return { ifname, mode: 'adopted' };
+        }
+      } finally {
+        link.close();
+      }
+      unlinkSync(pin); // the interface it was attached to is gone
+    }
+    const { link, mode } = attachWithFallback(this.dp.program, ifname, ifindex, this.opts.xdpMode, this.info);
+    try {
+      link.pin(pin);
+    } finally {
+      link.close();
+    }
+    this.info(`connrate: ${ifname}: attached in ${mode} mode`);
+    return { ifname, mode };
+  }
+
+  /** Stop syncing and logging; the datapath stays attached and enforcing. */
+  async stop(): Promise<void> {
+    this.#watcher?.close();
+    await this.#reader?.close();
+    this.#blockLog?.close();
+    this.dp.close();
+    this.lock.release();
+    this.#stop();
+  }
+}
+
+function attachWithFallback(prog: Program, ifname: string, ifindex: number, choice: XdpModeChoice, info: (l: string) => void): { link: Link; mode: 'native' | 'generic' } {
+  const attach = (mode: 'native' | 'generic'): Link => {
+    try {
+      return prog.attachXdp(ifindex, { mode });
+    } catch (err) {
+      if (err instanceof BpfError && err.code === 'EBUSY') {
+        throw new ConnrateError('run', 'EBUSY', `${ifname}: another XDP program is already attached (remove it, or run "connrate detach" if it is an old connrate)`);
+      }
+      throw err;
+    }
+  };
+  if (choice !== 'auto') return { link: attach(choice), mode: choice };
+  try {
+    return { link: attach('native'), mode: 'native' };
+  } catch (err) {
+    if (err instanceof ConnrateError) throw err;
+    info(`connrate: ${ifname}: native XDP unavailable (${(err as Error).message}); falling back to generic`);
+    return { link: attach('generic'), mode: 'generic' };
+  }
+}
