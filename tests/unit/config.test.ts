@@ -1,0 +1,118 @@
+/**
+ * extc variables and the store (SPEC §3): validation names the variable, the
+ * value and what is allowed; refusals leave the store byte-for-byte as it was.
+ */
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Store } from '../../src/config/store.js';
+import { APPLICATION, canonicalValue, defaults, diffValues, fromDatapath, resolve } from '../../src/config/variables.js';
+import { InvalidValueError, StoreError } from '../../src/errors.js';
+
+const set = (name: string, value: string) => canonicalValue('test', name, value);
+
+describe('values', () => {
+  it('are the fresh-install defaults without a store: UDP 20 on all ports, TCP off', () => {
+    expect(resolve(defaults())).toEqual({
+      tcp: { rate: 0, ports: [] },
+      udp: { rate: 20, ports: [] },
+      burst: 5,
+      mode: 'block',
+      exempt: [],
+      ipv6Prefix: 64,
+      udpTimeoutSec: 30,
+    });
+  });
+
+  it('accept port lists with or without inner spaces, printed spaced, sorted, deduplicated', () => {
+    expect(set('CONNECTION_RATE_LIMIT_TCP_PORTS', '[ 443 11115 ]')).toBe('[ 443 11115 ]');
+    expect(set('CONNECTION_RATE_LIMIT_TCP_PORTS', '[11115 443 443]')).toBe('[ 443 11115 ]');
+    expect(set('CONNECTION_RATE_LIMIT_UDP_PORTS', '[ ]')).toBe('[ ]');
+    expect(set('CONNECTION_RATE_LIMIT_UDP_PORTS', '[]')).toBe('[ ]');
+    expect(set('CONNECTION_RATE_LIMIT_UDP_PORTS', '[ 1 65535 ]')).toBe('[ 1 65535 ]');
+  });
+
+  it('normalise exempt prefixes', () => {
+    expect(set('CONNECTION_RATE_LIMIT_EXEMPT', '[ 198.51.100.7/24 2001:db8::1 ]')).toBe('[ 198.51.100.0/24 2001:db8::1/128 ]');
+  });
+
+  it.each([
+    ['CONNECTION_RATE_LIMIT_TCP', 'abc', /CONNECTION_RATE_LIMIT_TCP: "abc" is not allowed; expected an integer from 0/],
+    ['CONNECTION_RATE_LIMIT_TCP', '-1', /"-1" is not allowed/],
+    ['CONNECTION_RATE_LIMIT_TCP', '2.5', /"2.5" is not allowed/],
+    ['CONNECTION_RATE_LIMIT_UDP', '99999999', /out of range/],
+    ['CONNECTION_RATE_LIMIT_TCP_PORTS', '[ 443 70000 ]', /port 70000 is out of range/],
+    ['CONNECTION_RATE_LIMIT_TCP_PORTS', '[ 0 ]', /port 0 is out of range/],
+    ['CONNECTION_RATE_LIMIT_TCP_PORTS', '443 11115', /not a bracketed list/],
+    ['CONNECTION_RATE_LIMIT_TCP_PORTS', '[ 443, 11115 ]', /"443," is not a port number/],
+    ['CONNECTION_RATE_LIMIT_EXEMPT', '[ 198.51.100.0/33 ]', /CONNECTION_RATE_LIMIT_EXEMPT: .*198.51.100.0\/33/],
+    ['CONNECTION_RATE_LIMIT_MODE', 'drop', /expected block or log/],
+    ['CONNECTION_RATE_LIMIT_IPV6_PREFIX', '16', /from 32 to 128/],
+    ['CONNECTION_RATE_LIMIT_BURST', '0', /from 1 to/],
+    ['CONNECTION_RATE_LIMIT_NOPE', '1', /unknown variable "CONNECTION_RATE_LIMIT_NOPE"/],
+  ])('refuse %s = %s, naming the problem', (name, value, message) => {
+    expect(() => set(name, value)).toThrow(InvalidValueError);
+    expect(() => set(name, value)).toThrow(message);
+  });
+
+  it('map a configuration in force back to values, and diff them', () => {
+    const values = { ...defaults(), CONNECTION_RATE_LIMIT_TCP: '20', CONNECTION_RATE_LIMIT_TCP_PORTS: '[ 443 ]' };
+    const back = fromDatapath({ ...resolve(values), logAnonymize: false });
+    expect(back).toEqual(values);
+    expect(diffValues(defaults(), values).map((c) => c.name)).toEqual(['CONNECTION_RATE_LIMIT_TCP', 'CONNECTION_RATE_LIMIT_TCP_PORTS']);
+  });
+});
+
+describe('store', () => {
+  let dir: string;
+  let store: Store;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'connrate-store-'));
+    store = new Store(join(dir, 'sub', 'extc.json'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('reads the embedded defaults when there is no file', () => {
+    expect(store.exists()).toBe(false);
+    expect(store.read()).toEqual(defaults());
+  });
+
+  it('writes root-only files in a root-only directory', () => {
+    store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', '20');
+    expect(statSync(store.path).mode & 0o777).toBe(0o600);
+    expect(statSync(join(dir, 'sub')).mode & 0o777).toBe(0o700);
+    expect(new Store(store.path).read().CONNECTION_RATE_LIMIT_TCP).toBe('20');
+  });
+
+  it('reports what changed', () => {
+    expect(store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_UDP_PORTS', '[1195 1194]')).toEqual({ name: 'CONNECTION_RATE_LIMIT_UDP_PORTS', from: '[ ]', to: '[ 1194 1195 ]' });
+  });
+
+  it('leaves the file byte-for-byte unchanged on every refusal', () => {
+    store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', '20');
+    const before = readFileSync(store.path);
+    expect(() => store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', 'x')).toThrow(InvalidValueError);
+    expect(() => store.set('other_app', 'CONNECTION_RATE_LIMIT_TCP', '5')).toThrow(/unknown application "other_app"/);
+    expect(() => store.set(APPLICATION, 'NOPE', '5')).toThrow(/unknown variable/);
+    expect(readFileSync(store.path).equals(before)).toBe(true);
+  });
+
+  it('refuses a corrupted or truncated file by name and never overwrites it', () => {
+    store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', '20');
+    const full = readFileSync(store.path, 'utf8');
+    for (const bad of [full.slice(0, full.length / 2), '', 'null', '{"version":1,"application":"securepoint_firewall","values":{"CONNECTION_RATE_LIMIT_TCP":"abc"}}']) {
+      writeFileSync(store.path, bad);
+      expect(() => store.read()).toThrow(StoreError);
+      expect(() => store.read()).toThrow(store.path);
+      expect(() => store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_UDP', '10')).toThrow(StoreError);
+      expect(readFileSync(store.path, 'utf8')).toBe(bad);
+    }
+  });
+
+  it('names a store it cannot read, or one that is not a connrate store', () => {
+    expect(() => new Store(dir).read()).toThrow(`${dir}: cannot read`); // a directory: EISDIR
+    writeFileSync(join(dir, 'other.json'), '{}');
+    expect(() => new Store(join(dir, 'other.json')).read()).toThrow(/format version/);
+  });
+});
