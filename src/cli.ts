@@ -11,6 +11,7 @@ import { APPLICATION, VARIABLES, checkApplication } from './config/variables.js'
 import { COUNTER_NAMES, type Stats, detach, readStats, stats, status, top, updateRule } from './control/commands.js';
 import { Daemon, type XdpModeChoice } from './control/daemon.js';
 import { Datapath } from './control/datapath.js';
+import { DEFAULT_METRICS, parseListen } from './control/metrics.js';
 import { PinDir } from './control/pins.js';
 import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
@@ -146,9 +147,18 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath runnin
     .description('the daemon: attach, keep addresses and routes in sync, log limits, serve metrics')
     .addOption(new Option('--interface <if>', 'attach to this interface (repeatable); default: every interface with a default route').argParser((v: string, acc: string[] = []) => [...acc, v]))
     .addOption(new Option('--xdp-mode <mode>', 'XDP mode').choices(['auto', 'native', 'generic']).default('auto'))
-    .option('--metrics <host:port|off>', 'Prometheus endpoint', '127.0.0.1:9470')
+    .option('--metrics <host:port|off>', 'Prometheus endpoint (GET /metrics)', DEFAULT_METRICS)
     .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string }) => {
+      const listen = parseListen(o.metrics); // refuse a bad value before touching anything
       const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store() });
+      if (listen) {
+        try {
+          await d.serveMetrics(listen);
+        } catch (err) {
+          await d.stop();
+          throw err;
+        }
+      }
       out(`connrate: running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}`);
       const stop = (sig: string): void => {
         out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);

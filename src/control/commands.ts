@@ -73,7 +73,8 @@ export interface Status {
 
 const XDP_MODES: Readonly<Record<number, string>> = { 1: 'native', 2: 'generic', 3: 'offload' };
 
-function xdpMode(ifname: string): string | undefined {
+/** The XDP mode attached to an interface, as the kernel reports it. */
+export function xdpMode(ifname: string): string | undefined {
   try {
     const out = execFileSync('ip', ['-j', '-d', 'link', 'show', 'dev', ifname], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
     const mode = (JSON.parse(out) as { xdp?: { mode?: number } }[])[0]?.xdp?.mode;

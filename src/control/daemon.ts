@@ -4,6 +4,7 @@
  * attached when the daemon exits or crashes; `connrate detach` removes it.
  */
 import { existsSync, unlinkSync } from 'node:fs';
+import type { Server } from 'node:http';
 import { BpfError, Link, type Program, RingBufferReader, ifIndex } from '@xdp-ts/loader';
 import { resolve } from '../config/variables.js';
 import { Store } from '../config/store.js';
@@ -11,7 +12,9 @@ import { ConnrateError, EXIT } from '../errors.js';
 import type { FileLock } from '../lock.js';
 import { decodeEvent } from './abi.js';
 import { BlockLog, formatEvent } from './blocklog.js';
+import { xdpMode } from './commands.js';
 import { Datapath, type MapSizes } from './datapath.js';
+import { ConnrateMetrics, type Listen, serveMetrics } from './metrics.js';
 import { NetWatcher, readNetState } from './netstate.js';
 import { PinDir } from './pins.js';
 
@@ -32,7 +35,9 @@ export interface RunOptions {
 
 export interface Attachment {
   readonly ifname: string;
-  readonly mode: 'native' | 'generic' | 'adopted';
+  /** The XDP mode in force (for an adopted link, as the kernel reports it). */
+  readonly mode: string;
+  readonly adopted: boolean;
 }
 
 export class Daemon {
@@ -40,6 +45,7 @@ export class Daemon {
   #watcher: NetWatcher | undefined;
   #reader: RingBufferReader | undefined;
   #blockLog: BlockLog | undefined;
+  #metrics: Server | undefined;
   #stopped: Promise<void>;
   #stop!: () => void;
 
@@ -134,8 +140,9 @@ export class Daemon {
       try {
         if (link.info().ifindex === ifindex) {
           link.update(this.dp.program); // this build's program, the same pinned maps
-          this.info(`connrate: ${ifname}: adopted the pinned XDP link`);
-          return { ifname, mode: 'adopted' };
+          const mode = xdpMode(ifname) ?? 'unknown';
+          this.info(`connrate: ${ifname}: adopted the pinned XDP link (${mode} mode)`);
+          return { ifname, mode, adopted: true };
         }
       } finally {
         link.close();
@@ -149,11 +156,23 @@ export class Daemon {
       link.close();
     }
     this.info(`connrate: ${ifname}: attached in ${mode} mode`);
-    return { ifname, mode };
+    return { ifname, mode, adopted: false };
+  }
+
+  /** Serve Prometheus metrics until stop(). */
+  async serveMetrics(listen: Listen): Promise<void> {
+    const metrics = new ConnrateMetrics({ dp: this.dp, attachments: () => this.attachments });
+    try {
+      this.#metrics = await serveMetrics(listen, metrics);
+    } catch (err) {
+      throw new ConnrateError('run', (err as NodeJS.ErrnoException).code ?? 'EIO', `cannot serve metrics on ${listen.host}:${listen.port}: ${(err as Error).message}`);
+    }
+    this.info(`connrate: metrics on http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}/metrics`);
   }
 
   /** Stop syncing and logging; the datapath stays attached and enforcing. */
   async stop(): Promise<void> {
+    await new Promise<void>((r) => (this.#metrics ? this.#metrics.close(() => r()) : r()));
     this.#watcher?.close();
     await this.#reader?.close();
     this.#blockLog?.close();
