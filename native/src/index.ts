@@ -4,7 +4,7 @@ export {
 } from './errors.js';
 export { BpfObject, type BtfStruct, type MapSpec, type OpenOptions } from './object.js';
 export {
-  BpfMap, MAP_TYPE, MapBatchCursor, numPossibleCpus, type BatchResult, type MapInfo, type UpdateFlag,
+  BpfMap, MAP_TYPE, MapBatchCursor, numPossibleCpus, type BatchBlock, type BatchResult, type MapInfo, type UpdateFlag,
 } from './map.js';
 export {
   Link, LINK_TYPE, PROG_TYPE, Program, TEST_RUN_XDP_LIVE_FRAMES, XDP_ACTION, xdpLinks,

@@ -1,4 +1,4 @@
-import { native, type FdHandle } from './binding.js';
+import { native, type FdHandle, type NativeBatch } from './binding.js';
 import { BpfError, Errno, call, invalid } from './errors.js';
 import { checkBuffer, checkPath, checkU32, expectKind, kHandle, kInternal, type InternalToken } from './internal.js';
 
@@ -33,6 +33,13 @@ export interface BatchResult { keys: Buffer[]; values: Buffer[]; done: boolean }
  * Iteration state for BpfMap.batchLookup(): pass the same cursor until a
  * result says `done`. Use one cursor per walk and per map.
  */
+/** A run of entries from one bpf_map_lookup_batch call (see BpfMap.blocks). */
+export interface BatchBlock {
+  readonly count: number;
+  readonly keys: Buffer;
+  readonly values: Buffer;
+}
+
 export class MapBatchCursor {
   // Nominal typing only; the state lives in `cursors` below.
   readonly #brand = true;
@@ -184,18 +191,22 @@ export class BpfMap {
   }
 
   /**
-   * All [key, value] pairs: batched where the map type supports it, else
-   * get_next_key + lookup (LPM tries...). Per-CPU values are the raw concatenation.
+   * The map in contiguous blocks, straight from bpf_map_lookup_batch: entry i
+   * of a block is keys[i*keySize…] and values[i*valueBufferSize…]. The cheapest
+   * way to scan a large map (no Buffer per entry). Maps without batch support
+   * (e.g. DEVMAP) come as blocks of one entry, through get_next_key.
    */
-  *entries(batchSize = 1024): IterableIterator<[Buffer, Buffer]> {
-    checkU32(this.#op('entries'), 'batchSize', batchSize, 1);
-    const cursor = new MapBatchCursor();
+  *blocks(batchSize = 1024): IterableIterator<BatchBlock> {
+    const op = this.#op('blocks');
+    checkU32(op, 'batchSize', batchSize, 1);
+    let token: Buffer | null = null;
     let count = batchSize;
     let first = true;
     for (;;) {
-      let r: BatchResult;
+      let r: NativeBatch;
       try {
-        r = this.batchLookup(cursor, count);
+        const t: Buffer | null = token;
+        r = call(op, 'other', () => native.mapLookupBatch(this.#live('blocks'), t, count));
       } catch (e) {
         if (!(e instanceof BpfError)) throw e;
         if (e.errno === Errno.ENOSPC) {
@@ -203,15 +214,35 @@ export class BpfMap {
           continue;
         }
         if (first && (e.errno === Errno.EINVAL || e.errno === Errno.ENOTSUPP || e.errno === Errno.EOPNOTSUPP)) {
-          yield* this.#entriesByKey();
+          for (const [k, v] of this.#entriesByKey()) yield { count: 1, keys: k, values: v };
           return;
         }
         throw e;
       }
       first = false;
-      for (let i = 0; i < r.keys.length; i++) yield [r.keys[i]!, r.values[i]!];
+      token = r.token;
+      if (r.count > 0) yield { count: r.count, keys: r.keys, values: r.values };
       if (r.done) return;
     }
+  }
+
+  /**
+   * All [key, value] pairs: batched where the map type supports it, else
+   * get_next_key + lookup (LPM tries...). Per-CPU values are the raw concatenation.
+   */
+  *entries(batchSize = 1024): IterableIterator<[Buffer, Buffer]> {
+    for (const b of this.blocks(batchSize)) {
+      for (let i = 0; i < b.count; i++) {
+        yield [b.keys.subarray(i * this.keySize, (i + 1) * this.keySize), b.values.subarray(i * this.valueBufferSize, (i + 1) * this.valueBufferSize)];
+      }
+    }
+  }
+
+  /** How many entries the map holds now (a batch walk; no per-entry allocation). */
+  count(batchSize = 4096): number {
+    let n = 0;
+    for (const b of this.blocks(batchSize)) n += b.count;
+    return n;
   }
 
   *#entriesByKey(): IterableIterator<[Buffer, Buffer]> {

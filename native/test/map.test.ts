@@ -147,6 +147,23 @@ describe('BpfMap iteration', () => {
     expect(() => m.batchLookup(cursor, 0)).toThrow(TypeError);
   });
 
+  it('scans contiguous blocks() and count()s entries without a Buffer per entry', () => {
+    const m = track(obj.map('xtl_hash'));
+    let total = 0;
+    let sum = 0n;
+    for (const b of m.blocks(1000)) {
+      expect(b.count).toBeGreaterThan(0);
+      expect(b.keys.length).toBeGreaterThanOrEqual(b.count * m.keySize);
+      expect(b.values.length).toBeGreaterThanOrEqual(b.count * m.valueBufferSize);
+      for (let i = 0; i < b.count; i++) sum += b.values.readBigUInt64LE(i * m.valueBufferSize);
+      total += b.count;
+    }
+    expect(total).toBe(N);
+    expect(sum).toBe(3n * BigInt((N * (N - 1)) / 2));
+    expect(m.count()).toBe(N);
+    expect(track(obj.map('xtl_devmap')).count()).toBe(0); // no batch support: walks keys
+  });
+
   it('iterates entries() and keys()', () => {
     const m = track(obj.map('xtl_hash'));
     const entries = [...m.entries(512)];

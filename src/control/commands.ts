@@ -8,7 +8,7 @@ import { Link, ifName } from '@xdp-ts/loader';
 import { Store } from '../config/store.js';
 import { type ExtcValues, diffValues, fromDatapath, resolve } from '../config/variables.js';
 import { ConnrateError, NoDatapathError } from '../errors.js';
-import { COUNTER_NAMES, type CounterName, type Proto, clockAt, decodeBucket, decodeBucketKey, tokensLeft } from './abi.js';
+import { COUNTER_NAMES, type CounterName, type Proto, clockAt, decodeBucket, decodeBucketKey, readU64, tokensLeft } from './abi.js';
 import { Datapath } from './datapath.js';
 import type { PinDir } from './pins.js';
 
@@ -142,18 +142,12 @@ export interface Stats {
 
 const BATCH = 4096;
 
-function countEntries(dp: Datapath, map: string): number {
-  let n = 0;
-  for (const _ of dp.map(map).entries(BATCH)) n++;
-  return n;
-}
-
 export function readStats(dp: Datapath): Stats {
   return {
     counters: dp.counters(),
     ports: dp.portStats(),
-    trackedBuckets: countEntries(dp, 'buckets'),
-    trackedFlows: countEntries(dp, 'udp_flows'),
+    trackedBuckets: dp.map('buckets').count(BATCH),
+    trackedFlows: dp.map('udp_flows').count(BATCH),
     bucketCapacity: dp.map('buckets').maxEntries,
     flowCapacity: dp.map('udp_flows').maxEntries,
   };
@@ -179,25 +173,53 @@ export interface Offender {
 
 const NS_PER_SEC = 1e9;
 
-/** Keys with drops, most drops first. */
+interface Candidate {
+  readonly drops: bigint;
+  readonly key: Buffer;
+  readonly value: Buffer;
+}
+
+/**
+ * Keys with drops, most drops first. One pass over the bucket map in batch
+ * blocks, reading only each entry's drop count; only the `limit` winners are
+ * copied and decoded.
+ */
 export function readTop(dp: Datapath, limit: number): Offender[] {
+  const buckets = dp.map('buckets');
+  const dropsOff = dp.abi.bucket.field('drops').offset;
+  const best: Candidate[] = []; // sorted, most drops first, at most `limit`
+  for (const block of buckets.blocks(BATCH)) {
+    for (let i = 0; i < block.count; i++) {
+      const vOff = i * buckets.valueBufferSize;
+      const drops = readU64(block.values, vOff + dropsOff);
+      if (drops === 0n) continue;
+      if (best.length === limit && drops <= best[best.length - 1]!.drops) continue;
+      const c: Candidate = {
+        drops,
+        key: Buffer.from(block.keys.subarray(i * buckets.keySize, (i + 1) * buckets.keySize)),
+        value: Buffer.from(block.values.subarray(vOff, vOff + buckets.valueBufferSize)),
+      };
+      let at = best.length;
+      while (at > 0 && best[at - 1]!.drops < drops) at--;
+      best.splice(at, 0, c);
+      if (best.length > limit) best.pop();
+    }
+  }
   const cfg = dp.appliedConfig();
   const now = dp.now();
-  const out: Offender[] = [];
-  for (const [k, v] of dp.map('buckets').entries(BATCH)) {
-    const b = decodeBucket(dp.abi, v);
-    if (b.drops === 0n) continue;
-    const key = decodeBucketKey(dp.abi, k);
-    const clock = cfg ? clockAt(cfg.clocks[key.proto], now, dp.abi.token) : 0n;
-    out.push({
-      ...key,
-      drops: b.drops,
-      lastDropAgoSec: Math.max(0, Number(now - b.lastDropNs) / NS_PER_SEC),
-      tokens: tokensLeft(b.tat, clock, dp.abi.token, cfg?.burst ?? 0),
-    });
-  }
-  out.sort((a, b) => (b.drops > a.drops ? 1 : b.drops < a.drops ? -1 : a.lastDropAgoSec - b.lastDropAgoSec));
-  return out.slice(0, limit);
+  return best
+    .map((c): Offender => {
+      const b = decodeBucket(dp.abi, c.value);
+      const key = decodeBucketKey(dp.abi, c.key);
+      const clock = cfg ? clockAt(cfg.clocks[key.proto], now, dp.abi.token) : 0n;
+      return {
+        ...key,
+        drops: b.drops,
+        lastDropAgoSec: Math.max(0, Number(now - b.lastDropNs) / NS_PER_SEC),
+        tokens: tokensLeft(b.tat, clock, dp.abi.token, cfg?.burst ?? 0),
+      };
+    })
+    .sort((a, b) => (b.drops > a.drops ? 1 : b.drops < a.drops ? -1 : a.lastDropAgoSec - b.lastDropAgoSec));
 }
 
 export function top(pins: PinDir, limit: number): Offender[] {
