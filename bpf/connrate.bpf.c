@@ -79,6 +79,14 @@ struct {
 	__type(value, __u64);
 } test_clock SEC(".maps");
 
+/* Never read here: pinned beside the other maps for user space (connrate.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cr_abi_id);
+} abi_id SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CR_DEFAULT_LOCAL_ADDRS);

@@ -174,6 +174,14 @@ struct cr_config_slot {
 	__u32 slot; /* 0 or 1 */
 };
 
+/* The ABI fingerprint: user space writes a SHA-256 of every layout and enum in
+ * this header (read from BTF) when it creates the maps, and refuses to adopt
+ * pinned maps whose fingerprint differs from its own build's. */
+#define CR_ABI_ID_LEN 32
+struct cr_abi_id {
+	__u8 sha256[CR_ABI_ID_LEN];
+};
+
 /* Ring-buffer record: a (source, port, protocol) started being limited. */
 struct cr_event {
 	__u64 ts_ns;

@@ -2,6 +2,7 @@
  * The datapath ABI, read from the BPF object's BTF: every struct layout and enum
  * value comes from bpf/connrate.h as compiled, never from offsets written here.
  */
+import { createHash } from 'node:crypto';
 import { endianness } from 'node:os';
 import type { BpfObject, BtfStruct } from '@xdp-ts/loader';
 import { ADDR_LEN, addrText, maskOf, parsePrefix } from './addr.js';
@@ -116,6 +117,24 @@ function enumValue(values: ReadonlyMap<string, number>, enumName: string, name: 
   const v = values.get(name);
   if (v === undefined) throw new AbiError(`enum ${enumName} has no ${name}`);
   return v;
+}
+
+const ABI_STRUCTS = [
+  'cr_addr', 'cr_bucket_key', 'cr_bucket', 'cr_flow_key', 'cr_flow', 'cr_port_key', 'cr_port_stats',
+  'cr_lpm_key', 'cr_token_clock', 'cr_config', 'cr_config_slot', 'cr_event', 'cr_abi_id',
+] as const;
+const ABI_ENUMS = ['cr_proto', 'cr_mode', 'cr_counter', 'cr_lpm_tag', 'cr_token'] as const;
+
+/**
+ * SHA-256 over every layout and enum of connrate.h, as BTF describes them: two
+ * builds share pinned maps only when their fingerprints are equal.
+ */
+export function abiFingerprint(obj: BpfObject): Buffer {
+  const doc = {
+    structs: ABI_STRUCTS.map((n) => obj.btfStruct(n)),
+    enums: ABI_ENUMS.map((n) => [n, [...obj.btfEnum(n)].sort(([a], [b]) => a.localeCompare(b))]),
+  };
+  return createHash('sha256').update(JSON.stringify(doc)).digest();
 }
 
 /** Read the ABI from an opened (not necessarily loaded) connrate object. */

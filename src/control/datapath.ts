@@ -15,6 +15,7 @@ import {
   type DatapathConfig,
   type PortKey,
   type PortStats,
+  abiFingerprint,
   decodeConfig,
   decodePortKey,
   encodeConfig,
@@ -106,7 +107,9 @@ export class Datapath {
         const n = opts.sizes?.[k];
         if (n !== undefined) obj.setMaxEntries(map, n);
       }
+      const fingerprint = abiFingerprint(obj);
       if (opts.pins) {
+        checkFingerprint(op, opts.pins, fingerprint);
         for (const name of programMaps(obj)) {
           const pin = opts.pins.mapPin(name);
           if (existsSync(pin)) checkPinnedMap(op, opts.pins.dir, obj, name, BpfMap.fromPinned(pin), opts.sizes);
@@ -115,7 +118,9 @@ export class Datapath {
       }
       obj.load();
       const program = obj.program(PROGRAM_NAME);
-      return new Datapath(obj, program, (name) => obj.map(name), opts.testClock ?? false);
+      const dp = new Datapath(obj, program, (name) => obj.map(name), opts.testClock ?? false);
+      dp.map('abi_id').update(ZERO_KEY, fingerprint);
+      return dp;
     } catch (err) {
       obj.close();
       throw err;
@@ -131,6 +136,7 @@ export class Datapath {
     if (!pins.exists()) throw new NoDatapathError(op, pins.dir);
     const obj = BpfObject.open(objectPath);
     try {
+      checkFingerprint(op, pins, abiFingerprint(obj));
       for (const name of programMaps(obj)) {
         if (!existsSync(pins.mapPin(name))) throw new IncompatiblePinsError(op, pins.dir, `map ${name} is not pinned`);
         checkPinnedMap(op, pins.dir, obj, name, BpfMap.fromPinned(pins.mapPin(name)));
@@ -301,6 +307,24 @@ function slotKey(slot: number): Buffer {
   const k = Buffer.alloc(4);
   writeU32(k, 0, slot);
   return k;
+}
+
+/** Pinned maps must carry this build's ABI fingerprint (or there must be none yet). */
+function checkFingerprint(op: string, pins: PinDir, fingerprint: Buffer): void {
+  const pin = pins.mapPin('abi_id');
+  if (!existsSync(pin)) {
+    if (existsSync(pins.mapPin('config'))) throw new IncompatiblePinsError(op, pins.dir, 'its maps carry no ABI fingerprint');
+    return;
+  }
+  const m = BpfMap.fromPinned(pin);
+  try {
+    const pinned = m.lookup(ZERO_KEY);
+    if (!pinned || !pinned.equals(fingerprint)) {
+      throw new IncompatiblePinsError(op, pins.dir, `ABI fingerprint ${pinned?.toString('hex').slice(0, 12) ?? 'missing'}…, this build has ${fingerprint.toString('hex').slice(0, 12)}…`);
+    }
+  } finally {
+    m.close();
+  }
 }
 
 /** A pinned map must be what this build would create, or we refuse before touching anything. */
