@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * bench_gen.bpf.c — the benchmark's traffic generator and its reply sink.
+ *
+ * bench_gen runs under BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: for
+ * every repeat it may rewrite the frame, then redirects it into a veth, whose
+ * peer (another netns) carries the engine under test. The kernel keeps the
+ * frame's bytes between runs of the same page, so every rewrite reads the
+ * current value from the frame and adjusts the checksums incrementally.
+ *
+ * bench_sink drops whatever the engine's side sends back (TCP RSTs, ICMP), so
+ * replies cost the appliance its transmit, and not a second stack.
+ *
+ * Frames are untagged Ethernet + IPv4 (no options) or IPv6 (no extension
+ * headers) + TCP or UDP, as bench/frames.ts builds them.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+enum gen_rewrite {
+	GEN_FIXED = 0,      /* send the frame as it is */
+	GEN_SPORT = 1,      /* a new source port every frame: new flows from one source */
+	GEN_SPOOF6 = 2,     /* a random IPv6 source /64 (bits 32..63) every frame */
+};
+
+const volatile __u32 out_ifindex = 0;
+const volatile __u32 rewrite = GEN_FIXED;
+
+/* frames generated (one CPU runs the generator; a plain counter is enough) */
+__u64 generated = 0;
+
+/* RFC 1624: fold a 16-bit field change old -> new into a checksum. */
+static __always_inline __u16 csum_replace2(__u16 check, __u16 old, __u16 new)
+{
+	__u32 sum = (__u16)~check + (__u16)~old + new;
+
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+SEC("xdp")
+int bench_gen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u64 n = generated++;
+	__u8 proto;
+	void *l4;
+
+	if (rewrite == GEN_FIXED)
+		goto out;
+	if ((void *)(eth + 1) > data_end)
+		goto out;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		__u8 *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 20) > data_end)
+			goto out;
+		proto = ip[9];
+		l4 = ip + 20;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		__u8 *ip6 = (void *)(eth + 1);
+		__u16 *w, *check, old;
+		__u32 r;
+
+		if ((void *)(ip6 + 40) > data_end)
+			goto out;
+		proto = ip6[6];
+		l4 = ip6 + 40;
+		if (rewrite == GEN_SPOOF6) {
+			/* source words 2 and 3 (bytes 12..15 of the header's saddr at 8) */
+			w = (__u16 *)(ip6 + 12);
+			check = 0;
+			if (proto == IPPROTO_TCP && l4 + 20 <= data_end)
+				check = (__u16 *)(l4 + 16);
+			else if (proto == IPPROTO_UDP && l4 + 8 <= data_end)
+				check = (__u16 *)(l4 + 6);
+			if (!check)
+				goto out;
+			r = bpf_get_prandom_u32();
+			old = w[0];
+			w[0] = (__u16)r;
+			*check = csum_replace2(*check, old, w[0]);
+			old = w[1];
+			w[1] = (__u16)(r >> 16);
+			*check = csum_replace2(*check, old, w[1]);
+			goto out;
+		}
+	} else {
+		goto out;
+	}
+
+	if (rewrite == GEN_SPORT) {
+		/* source ports 1024..65535, in turn */
+		__u16 port = bpf_htons(1024 + (__u16)(n % 64512));
+		__u16 *sport = l4, *check = 0, old;
+
+		if (proto == IPPROTO_TCP && l4 + 20 <= data_end)
+			check = (__u16 *)(l4 + 16);
+		else if (proto == IPPROTO_UDP && l4 + 8 <= data_end)
+			check = (__u16 *)(l4 + 6);
+		if (!check)
+			goto out;
+		old = *sport;
+		*sport = port;
+		/* IPv4 UDP may carry no checksum (0); leave it so */
+		if (!(proto == IPPROTO_UDP && *check == 0))
+			*check = csum_replace2(*check, old, port);
+	}
+out:
+	return bpf_redirect(out_ifindex, 0);
+}
+
+SEC("xdp")
+int bench_sink(struct xdp_md *ctx)
+{
+	return XDP_DROP;
+}

@@ -1,0 +1,125 @@
+/**
+ * Hostile frames (issue 6): a million random and structure-aware mutated
+ * frames through BPF_PROG_TEST_RUN. Every verdict is PASS or DROP; only a
+ * monitored new connection is ever dropped; every frame lands in exactly the
+ * class (unparsable / not monitored / monitored) an independent reference
+ * classifier gives it.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { XDP_ACTION } from '@xdp-ts/loader';
+import { type ClassifyConfig, classify, localSet } from '../helpers/classify.js';
+import { ETH_P_8021AD, ETH_P_8021Q, type FrameSpec, IPV6_EXT, frame } from '../helpers/frame.js';
+import { APPLIANCE4, APPLIANCE6, type Bench, openBench } from './harness.js';
+
+const FRAMES = Number(process.env.CONNRATE_FUZZ_FRAMES ?? 1_000_000);
+const CHUNK = 2000;
+const SEED = Number(process.env.CONNRATE_FUZZ_SEED ?? 0x5eed);
+
+/** mulberry32: small, fast, deterministic. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const rnd = prng(SEED);
+const int = (n: number): number => Math.floor(rnd() * n);
+const pick = <T,>(xs: readonly T[]): T => xs[int(xs.length)]!;
+const EXT_KINDS = Object.keys(IPV6_EXT) as (keyof typeof IPV6_EXT)[];
+
+function baseSpec(): FrameSpec {
+  const v6 = rnd() < 0.4;
+  // a small pool of sources and ports: keys repeat, so most judgeable frames meet an empty bucket
+  const src = v6 ? `2001:db8:1:${int(4)}::${1 + int(0xfff)}` : `198.19.1.${int(8)}`;
+  const spec: FrameSpec = {
+    src,
+    dst: rnd() < 0.9 ? (v6 ? APPLIANCE6 : APPLIANCE4) : v6 ? '2001:db8::99' : '198.18.0.99',
+    proto: rnd() < 0.5 ? 'tcp' : 'udp',
+    sport: int(65536),
+    dport: rnd() < 0.95 ? pick([53, 443, 1194]) : int(65536),
+    syn: rnd() < 0.8,
+    ack: rnd() < 0.2,
+    payload: int(40),
+  };
+  if (rnd() < 0.2) spec.vlans = pick([[ETH_P_8021Q], [ETH_P_8021AD, ETH_P_8021Q], [ETH_P_8021Q, ETH_P_8021Q, ETH_P_8021Q]]);
+  if (!v6 && rnd() < 0.2) spec.ipOptions = 4 * (1 + int(10));
+  if (!v6 && rnd() < 0.1) spec.fragOffset = int(2) * (1 + int(0x1ffe));
+  if (!v6 && rnd() < 0.1) spec.moreFragments = true;
+  if (v6 && rnd() < 0.4) {
+    spec.ext = Array.from({ length: int(9) }, () => pick(EXT_KINDS));
+    if (rnd() < 0.3) spec.ext6FragOffset = int(0x1fff);
+  }
+  if (rnd() < 0.05) spec.tcpDoff = int(16);
+  if (!v6 && rnd() < 0.05) spec.ihl = int(16);
+  if (!v6 && rnd() < 0.05) spec.totLen = int(120);
+  return spec;
+}
+
+function mutate(f: Buffer): Buffer {
+  const out = Buffer.from(f);
+  const flips = rnd() < 0.5 ? 0 : 1 + int(4);
+  for (let i = 0; i < flips; i++) out[int(Math.min(out.length, 96))] = int(256);
+  return rnd() < 0.4 ? out.subarray(0, 14 + int(out.length - 13)) : out;
+}
+
+function randomFrame(): Buffer {
+  const b = Buffer.alloc(14 + int(120));
+  for (let i = 0; i < b.length; i++) b[i] = int(256);
+  if (rnd() < 0.7) b.writeUInt16BE(pick([0x0800, 0x86dd, ETH_P_8021Q, ETH_P_8021AD]), 12);
+  return b;
+}
+
+function nextFrame(): Buffer {
+  const r = rnd();
+  if (r < 0.15) return randomFrame();
+  const f = frame(baseSpec());
+  return r < 0.7 ? mutate(f) : f;
+}
+
+describe('fuzzed frames', () => {
+  let bench: Bench;
+  afterAll(() => bench?.close());
+
+  it(`judge ${FRAMES.toLocaleString('en')} hostile frames exactly as the reference classifier, dropping only new connections`, () => {
+    // rate 1/min, burst 1: nearly every judgeable new connection is dropped, so a wrong drop would show
+    bench = openBench({ tcp: { rate: 1, ports: [] }, udp: { rate: 1, ports: [] }, burst: 1 });
+    const cfg: ClassifyConfig = { local: localSet([APPLIANCE4, APPLIANCE6]), tcpPorts: 'all', udpPorts: 'all' };
+    const totals = { frames: 0, drops: 0, unparsable: 0, not_monitored: 0, monitored: 0 };
+    for (let done = 0; done < FRAMES; done += CHUNK) {
+      const before = bench.dp.counters();
+      const expected = { unparsable: 0n, not_monitored: 0n, monitored: 0n };
+      for (let i = 0; i < CHUNK; i++) {
+        const f = nextFrame();
+        const want = classify(f, cfg);
+        expected[want.class]++;
+        const { retval } = bench.dp.program.testRun({ data: f });
+        if (retval === XDP_ACTION.DROP) {
+          totals.drops++;
+          if (want.class !== 'monitored' || !want.newConnection) {
+            throw new Error(`dropped a frame that is ${want.class}${want.class === 'monitored' ? ' but not new' : ''}: ${f.toString('hex')}`);
+          }
+        } else if (retval !== XDP_ACTION.PASS) {
+          throw new Error(`verdict ${retval} for ${f.toString('hex')}`);
+        }
+      }
+      const after = bench.dp.counters();
+      for (const k of ['unparsable', 'not_monitored', 'monitored'] as const) {
+        expect(after[k] - before[k], `${k} in chunk at ${done}`).toBe(expected[k]);
+        totals[k] += Number(expected[k]);
+      }
+      totals.frames += CHUNK;
+    }
+    const c = bench.dp.counters();
+    expect(c.seen).toBe(BigInt(totals.frames));
+    expect(c.new_dropped).toBe(BigInt(totals.drops));
+    console.log(`fuzz: ${totals.frames} frames (seed ${SEED}): ${totals.unparsable} unparsable, ${totals.not_monitored} not monitored, ${totals.monitored} monitored, ${totals.drops} dropped`);
+    expect(totals.unparsable).toBeGreaterThan(FRAMES / 20);
+    expect(totals.monitored).toBeGreaterThan(FRAMES / 20);
+    expect(totals.drops).toBeGreaterThan(0);
+  }, 600_000);
+});
