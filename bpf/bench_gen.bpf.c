@@ -44,8 +44,14 @@ static __always_inline __u16 csum_replace2(__u16 check, __u16 old, __u16 new)
 	return ~sum;
 }
 
-SEC("xdp")
-int bench_gen(struct xdp_md *ctx)
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} chain_target SEC(".maps");
+
+static __always_inline void rewrite_frame(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -55,7 +61,7 @@ int bench_gen(struct xdp_md *ctx)
 	void *l4;
 
 	if (rewrite == GEN_FIXED)
-		goto out;
+		return;
 	if ((void *)(eth + 1) > data_end)
 		goto out;
 
@@ -116,11 +122,49 @@ int bench_gen(struct xdp_md *ctx)
 			*check = csum_replace2(*check, old, port);
 	}
 out:
+	return;
+}
+
+/* The generator: rewrite, then transmit through the veth. */
+SEC("xdp")
+int bench_gen(struct xdp_md *ctx)
+{
+	rewrite_frame(ctx);
 	return bpf_redirect(out_ifindex, 0);
+}
+
+/* Per-packet cost under the same rewrites: rewrite, then tail-call the engine
+ * (connrate_xdp or xdp_noop) put in chain_target[0]. */
+SEC("xdp")
+int bench_chain(struct xdp_md *ctx)
+{
+	rewrite_frame(ctx);
+	bpf_tail_call(ctx, &chain_target, 0);
+	return XDP_ABORTED;
 }
 
 SEC("xdp")
 int bench_sink(struct xdp_md *ctx)
 {
+	return XDP_DROP;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} dropped SEC(".maps");
+
+/* A reference engine for the report: count and drop, the fastest anything
+ * can refuse a frame at the veth. */
+SEC("xdp")
+int bench_drop(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&dropped, &zero);
+
+	if (n)
+		*n += 1;
 	return XDP_DROP;
 }
