@@ -48,6 +48,8 @@ export interface EngineRun {
 
 export interface Engine {
   readonly name: EngineName | ReferenceName;
+  /** False for an engine that never passes a frame on (nothing to prime a flow with). */
+  readonly passes?: boolean;
   setup(t: Topology): EngineRun;
 }
 
@@ -267,6 +269,7 @@ export const ENGINES: readonly Engine[] = [
 
 export const REFERENCE: Engine = {
   name: 'xdp-drop',
+  passes: false,
   setup: (t) => counting(t, 'bench_gen', 'bench_drop', 'dropped'),
 };
 

@@ -39,7 +39,7 @@ export async function measureThroughput(t: Topology, sc: Scenario, engine: Engin
   try {
     const frame = wireFrame(sc.spec, dut.genMac, dut.dutMac).toString('hex');
     const base = { dev: NET.genIf, frame, rewrite: REWRITE[sc.rewrite] };
-    if (sc.prime) {
+    if (sc.prime && engine.passes !== false) {
       const { lines } = await t.spawnInDut([process.execPath, '-e', PRIMER, String(sc.spec.dport)]);
       await t.gen.request({ cmd: 'send', ...base, count: 1 });
       const next = await Promise.race([lines.next(), sleep(3000).then(() => ({ done: true, value: undefined }))]);

@@ -100,7 +100,13 @@ Environment:
 
 Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath running.`)
     .exitOverride()
-    .showHelpAfterError(false);
+    .showHelpAfterError(false)
+    .hook('preAction', (_cmd, action) => {
+      // every command reads the root-only store or the pinned datapath
+      if (process.getuid?.() !== 0) {
+        throw new ConnrateError(action.name(), 'EPERM', 'needs root (the store is root-only; BPF and XDP need CAP_BPF and CAP_NET_ADMIN): run it as root', EXIT.FAILURE);
+      }
+    });
   const pins = (): PinDir => new PinDir();
   const store = (): Store => new Store();
 
@@ -254,7 +260,9 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`connrate: ${err.message}\n`);
       return EXIT.FAILURE;
     }
-    process.stderr.write(`connrate: ${(err as Error).stack ?? String(err)}\n`);
+    // a system error (ENOENT, EACCES …) is a message; a stack trace only on request
+    const e = err as NodeJS.ErrnoException;
+    process.stderr.write(`connrate: ${process.env.CONNRATE_DEBUG ? (e.stack ?? String(e)) : (e.message ?? String(e))}\n`);
     return EXIT.FAILURE;
   }
 }

@@ -3,8 +3,9 @@
  * atomically (temp file, fsync, rename) under a lock against concurrent writers.
  * A bad or unreadable file is reported by name and never overwritten.
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { mkdirs } from '../fs.js';
 import { withFileLock } from '../lock.js';
 import { InvalidValueError, StoreError } from '../errors.js';
 import { APPLICATION, type ExtcValues, canonicalValue, checkApplication, defaults, lookupVariable } from './variables.js';
@@ -89,7 +90,11 @@ export class Store {
     checkApplication(op, app);
     lookupVariable(op, name);
     const canonical = canonicalValue(op, name, value);
-    mkdirSync(dirname(this.path), { recursive: true, mode: DIR_MODE });
+    try {
+      mkdirs(dirname(this.path), DIR_MODE);
+    } catch (err) {
+      throw new StoreError('store.write', this.path, `cannot create its directory: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO', { cause: err });
+    }
     return withFileLock(this.#lockPath(), () => {
       const current = this.read();
       const from = current[name] ?? '';
@@ -104,7 +109,7 @@ export class Store {
 
   #write(values: ExtcValues): void {
     const dir = dirname(this.path);
-    mkdirSync(dir, { recursive: true, mode: DIR_MODE });
+    mkdirs(dir, DIR_MODE);
     const doc: StoreFile = { version: FORMAT_VERSION, application: APPLICATION, values: { ...values } };
     const tmp = join(dir, `.${basename(this.path)}.${process.pid}.tmp`);
     const fd = openSync(tmp, 'wx', FILE_MODE);

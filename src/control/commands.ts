@@ -3,7 +3,7 @@
  * detach. Each returns data; the CLI prints it as text or JSON.
  */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { rmdirSync, unlinkSync } from 'node:fs';
 import { Link, ifName } from '@xdp-ts/loader';
 import { Store } from '../config/store.js';
 import { type ExtcValues, diffValues, fromDatapath, resolve } from '../config/variables.js';
@@ -246,7 +246,7 @@ export function detach(pins: PinDir): string[] {
     unlinkSync(pins.linkPin(name));
     detached.push(name);
   }
-  for (const name of safeReaddir(pins.maps)) unlinkSync(pins.mapPin(name));
+  pins.unpinAll();
   for (const dir of [pins.links, pins.maps, pins.dir]) {
     try {
       rmdirSync(dir);
@@ -255,12 +255,4 @@ export function detach(pins: PinDir): string[] {
     }
   }
   return detached;
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
 }

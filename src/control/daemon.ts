@@ -59,8 +59,16 @@ export class Daemon {
 
   static start(opts: RunOptions): Daemon {
     const info = opts.info ?? ((l: string) => process.stdout.write(`${l}\n`));
-    opts.pins.ensure();
-    const lock = opts.pins.lockDaemon();
+    for (const ifname of opts.interfaces) ifindexOf(ifname); // refuse unknown names before touching anything
+    const fresh = !existsSync(opts.pins.mapPin('config'));
+    const undoPins = opts.pins.ensure();
+    let lock: FileLock;
+    try {
+      lock = opts.pins.lockDaemon();
+    } catch (err) {
+      undoPins();
+      throw err;
+    }
     let dp: Datapath | undefined;
     try {
       const adopting = existsSync(opts.pins.mapPin('config'));
@@ -81,7 +89,9 @@ export class Daemon {
       return d;
     } catch (err) {
       dp?.close();
+      if (fresh) opts.pins.unpinAll(); // a refused start leaves nothing behind; an adopted datapath stays
       lock.release();
+      undoPins();
       throw err;
     }
   }
@@ -128,12 +138,7 @@ export class Daemon {
   }
 
   #attach(ifname: string): Attachment {
-    let ifindex: number;
-    try {
-      ifindex = ifIndex(ifname);
-    } catch {
-      throw new ConnrateError('run', 'ENODEV', `no such interface: ${ifname}`, EXIT.USAGE);
-    }
+    const ifindex = ifindexOf(ifname);
     const pin = this.opts.pins.linkPin(ifname);
     if (existsSync(pin)) {
       const link = Link.fromPinned(pin);
@@ -179,6 +184,14 @@ export class Daemon {
     this.dp.close();
     this.lock.release();
     this.#stop();
+  }
+}
+
+function ifindexOf(ifname: string): number {
+  try {
+    return ifIndex(ifname);
+  } catch {
+    throw new ConnrateError('run', 'ENODEV', `no such interface: ${ifname}`, EXIT.USAGE);
   }
 }
 

@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { BpfMap, BpfObject, Program } from '@xdp-ts/loader';
+import { BpfError, BpfMap, BpfObject, Program } from '@xdp-ts/loader';
 import { ConnrateError, EXIT, NoDatapathError } from '../errors.js';
 import type { PinDir } from './pins.js';
 import { addrBytes, prefixText } from './addr.js';
@@ -100,7 +100,7 @@ export class Datapath {
   /** Open → set read-only globals and map sizes (→ reuse pinned maps) → load. */
   static load(opts: LoadOptions = {}): Datapath {
     const op = 'datapath.load';
-    const obj = BpfObject.open(opts.objectPath ?? defaultObjectPath());
+    const obj = openObject(op, opts.objectPath ?? defaultObjectPath());
     try {
       if (opts.testClock) obj.setGlobal('cr_test_clock', true);
       for (const [k, map] of Object.entries(SIZE_TO_MAP) as [keyof MapSizes, string][]) {
@@ -116,7 +116,12 @@ export class Datapath {
           obj.setPinPath(name, pin);
         }
       }
-      obj.load();
+      try {
+        obj.load();
+      } catch (err) {
+        if (!(err instanceof BpfError)) throw err;
+        throw new ConnrateError(op, err.code, `the kernel refused the connrate program: ${err.message}. connrate needs Linux 5.15 or newer with BPF, BTF and XDP (and root)`, EXIT.FAILURE, { cause: err });
+      }
       const program = obj.program(PROGRAM_NAME);
       const dp = new Datapath(obj, program, (name) => obj.map(name), opts.testClock ?? false);
       dp.map('abi_id').update(ZERO_KEY, fingerprint);
@@ -134,7 +139,7 @@ export class Datapath {
    */
   static open(op: string, pins: PinDir, objectPath: string = defaultObjectPath()): Datapath {
     if (!pins.exists()) throw new NoDatapathError(op, pins.dir);
-    const obj = BpfObject.open(objectPath);
+    const obj = openObject(op, objectPath);
     try {
       checkFingerprint(op, pins, abiFingerprint(obj));
       for (const name of programMaps(obj)) {
@@ -307,6 +312,16 @@ function slotKey(slot: number): Buffer {
   const k = Buffer.alloc(4);
   writeU32(k, 0, slot);
   return k;
+}
+
+function openObject(op: string, path: string): BpfObject {
+  try {
+    return BpfObject.open(path);
+  } catch (err) {
+    if (!(err instanceof BpfError)) throw err;
+    const hint = err.code === 'ENOENT' ? ' (run "npm run build")' : ' (not a BPF object of this build?)';
+    throw new ConnrateError(op, err.code, `cannot open the connrate BPF object ${path}: ${err.message}${hint}`, EXIT.FAILURE, { cause: err });
+  }
 }
 
 /** Pinned maps must carry this build's ABI fingerprint (or there must be none yet). */

@@ -9,9 +9,10 @@
  * configuration takes one on <dir>/maps.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, statfsSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, rmdirSync, statfsSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ConnrateError } from '../errors.js';
+import { mkdirs } from '../fs.js';
 import { FileLock } from '../lock.js';
 
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/connrate';
@@ -73,21 +74,52 @@ export class PinDir {
   /**
    * Make <dir> a directory on bpffs, root-only, mounting bpffs if nothing is
    * there: at /sys/fs/bpf for the default location, else at <dir> itself.
+   * Returns an undo for a start that fails: it removes what this call made.
    */
-  ensure(): void {
+  ensure(): () => void {
+    const created = [this.dir, this.maps, this.links].filter((d) => !existsSync(d));
+    let mounted: string | undefined;
     if (!isBpffs(nearestExisting(this.dir))) {
       const mountPoint = this.dir.startsWith(`${BPF_FS_ROOT}/`) ? BPF_FS_ROOT : this.dir;
-      mkdirSync(mountPoint, { recursive: true, mode: DIR_MODE });
       try {
+        mkdirs(mountPoint, DIR_MODE);
         execFileSync('mount', ['-t', 'bpf', '-o', `mode=${DIR_MODE.toString(8)}`, 'bpf', mountPoint], { stdio: 'pipe' });
       } catch (err) {
-        const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
+        const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim() || undefined;
         throw new ConnrateError('pins.mount', 'EPERM', `cannot mount bpffs at ${mountPoint}: ${stderr || (err as Error).message}`);
       }
+      mounted = mountPoint;
     }
     for (const d of [this.dir, this.maps, this.links]) {
-      mkdirSync(d, { recursive: true, mode: DIR_MODE });
-      chmodSync(d, DIR_MODE);
+      try {
+        mkdirs(d, DIR_MODE);
+        chmodSync(d, DIR_MODE);
+      } catch (err) {
+        throw new ConnrateError('pins', (err as NodeJS.ErrnoException).code ?? 'EIO', `cannot create the pin directory ${d}: ${(err as Error).message} (CONNRATE_PIN_DIR must be on, or a place to mount, bpffs)`);
+      }
+    }
+    return () => {
+      for (const d of created.reverse()) {
+        try {
+          rmdirSync(d); // only while empty: pins that exist stay
+        } catch {
+          /* not empty, or a mount point */
+        }
+      }
+      if (mounted) execFileSync('umount', [mounted], { stdio: 'ignore' });
+    };
+  }
+
+  /** Unpin every map and link (the kernel frees what nothing else holds). */
+  unpinAll(): void {
+    for (const dir of [this.links, this.maps]) {
+      let names: string[] = [];
+      try {
+        names = readdirSync(dir);
+      } catch {
+        continue;
+      }
+      for (const n of names) unlinkSync(join(dir, n));
     }
   }
 
