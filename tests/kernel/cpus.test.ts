@@ -50,7 +50,7 @@ describe('two CPUs at once', () => {
   it('admit exactly the burst when both hammer one bucket for the whole round', async () => {
     // time stands still (test clock) and the burst is 10000: each CPU sends 6000 SYNs at one key,
     // so the CPUs contend on the bucket's compare-and-swap all round long; lost updates would admit more
-    const ROUNDS = 40;
+    const ROUNDS = Number(process.env.CONNRATE_SOAK_CPU_ROUNDS ?? 40);
     const PER_CPU = 6000;
     bench = openBench({ tcp: { rate: 1, ports: [] }, burst: MAX_BURST });
     const rounds = Array.from({ length: ROUNDS }, (_, r) => [frame({ src: '198.19.1.10', dst: APPLIANCE4, proto: 'tcp', sport: 40000, dport: 10000 + r })]);
@@ -66,10 +66,10 @@ describe('two CPUs at once', () => {
     expect(c.new_dropped).toBe(BigInt((2 * PER_CPU - MAX_BURST) * ROUNDS));
     console.log(`cpus: ${ROUNDS} rounds x ${2 * PER_CPU} SYNs on one key: exactly ${MAX_BURST} admitted each; tokens taken on both CPUs in ${shared} rounds; CAS retries exhausted ${c.cas_exhausted}`);
     expect(shared).toBeGreaterThan(ROUNDS / 4); // the CPUs really contended
-  }, 120_000);
+  }, 600_000);
 
   it('count each UDP flow once when both CPUs see its first datagram together', async () => {
-    const ROUNDS = 20;
+    const ROUNDS = Number(process.env.CONNRATE_SOAK_CPU_ROUNDS ?? 20);
     const FLOWS = 500;
     bench = openBench({ burst: MAX_BURST }, { udpFlows: 2 * ROUNDS * FLOWS, portStats: ROUNDS + 16 });
     // both CPUs walk the same 500 new flows in the same order, in step
@@ -88,5 +88,5 @@ describe('two CPUs at once', () => {
     expect(c.established).toBe(BigInt(ROUNDS * FLOWS));
     console.log(`cpus: ${ROUNDS} rounds x ${FLOWS} flows raced on two CPUs: each counted once; flows created on both CPUs in ${shared} rounds`);
     expect(shared).toBeGreaterThan(0); // both CPUs created flows: the lockstep really ran in parallel
-  }, 120_000);
+  }, 600_000);
 });
