@@ -78,7 +78,9 @@ function version(argv: string[]): string {
 function machine(generator: string): Machine {
   const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
   const model = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
-  const virt = / hypervisor /.test(cpuinfo) ? version(['systemd-detect-virt']) || 'yes' : 'none';
+  const hv = / hypervisor /.test(cpuinfo) ? (/Hypervisor vendor:\s*(.*)/.exec(version(['sh', '-c', 'lscpu | grep "Hypervisor vendor"']))?.[1] ?? 'a hypervisor') : '';
+  const container = version(['systemd-detect-virt', '--container']);
+  const virt = [hv && `VM (${hv})`, container && container !== 'none' && `container (${container})`].filter(Boolean).join(', ') || 'none';
   return {
     cpu: model,
     cores: cpus().length,
@@ -94,6 +96,8 @@ function machine(generator: string): Machine {
     quick,
     seconds_per_measurement: seconds,
     rounds,
+    // others' load skews every figure on a shared machine: the 1-minute load average when the run started
+    load_average_at_start: Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]),
   };
 }
 
@@ -127,6 +131,8 @@ async function main(): Promise<void> {
     ? 'kernel pktgen for the UDP scenarios, BPF_PROG_TEST_RUN live frames (bench_gen → veth) for the rest'
     : `BPF_PROG_TEST_RUN live frames (bpf/bench_gen.bpf.c → bpf_redirect into the veth)${pktgenAvailable() ? '' : '; this kernel has no pktgen'}`;
   const results: Results = { machine: machine(genDesc), scenarios: [], control_plane: {} };
+  const load = results.machine.load_average_at_start as number;
+  if (load > 0.5) log(`warning: load average ${load} — something else is running; figures will be noisy`);
 
   for (const sc of scenarios) {
     const mpps = {} as Record<EngineName, number>;
@@ -135,17 +141,22 @@ async function main(): Promise<void> {
     let verdicts: Record<string, number> | undefined;
     const generators = new Set<string>();
     let drop: number | undefined;
-    for (const engine of [...ENGINES, REFERENCE]) {
-      const runs: Throughput[] = [];
-      for (let i = 0; i < rounds; i++) {
+    // rounds interleave the engines, so a burst of someone else's load hits them alike
+    const engines = [...ENGINES, REFERENCE];
+    const runs = new Map<string, Throughput[]>(engines.map((e) => [e.name, []]));
+    for (let i = 0; i < rounds; i++) {
+      for (const engine of engines) {
         const r = await measureThroughput(topo, sc, engine, seconds, usePktgen);
-        runs.push(r);
+        runs.get(engine.name)!.push(r);
         generators.add(r.generator);
         if (r.note) notes.push(`${engine.name}: ${r.note}`);
       }
-      const m = median(runs.map((r) => r.mpps));
-      const mid = runs.find((r) => r.mpps === m)!;
-      log(`${sc.name.padEnd(22)} ${engine.name.padEnd(19)} ${m.toFixed(3)} Mpps (offered ${mid.offeredMpps.toFixed(2)})`);
+    }
+    for (const engine of engines) {
+      const rs = runs.get(engine.name)!;
+      const m = median(rs.map((r) => r.mpps));
+      const mid = rs.find((r) => r.mpps === m)!;
+      log(`${sc.name.padEnd(22)} ${engine.name.padEnd(19)} ${m.toFixed(3)} Mpps (offered ${mid.offeredMpps.toFixed(2)}; rounds ${rs.map((r) => r.mpps.toFixed(3)).join(' ')})`);
       offered[engine.name] = mid.offeredMpps;
       if (engine.name === 'xdp-drop') drop = m;
       else mpps[engine.name] = m;
@@ -177,6 +188,7 @@ async function main(): Promise<void> {
 
   if (!args['skip-control-plane']) results.control_plane = await measureControlPlane(quick, log);
   (results.machine as Record<string, unknown>).rules = engineRules();
+  (results.machine as Record<string, unknown>).load_average_at_end = Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
   (results.machine as Record<string, unknown>).elapsed_s = Math.round((performance.now() - t0) / 100) / 10;
 
   process.stdout.write(`${textReport(results)}\n`);
