@@ -440,84 +440,121 @@ static __always_inline __u64 token_clock(const struct cr_token_clock *c, __u64 n
 	return c->base_tokens + q * (__u64)CR_TOKEN + r * (__u64)CR_TOKEN / c->period_ns;
 }
 
-/* GCRA on the token clock: tat' = max(tat, C) + 1 token; allow iff
- * tat' - C <= burst tokens. Returns 1 when allowed. */
-static __always_inline int bucket_allows(const struct packet *p, const struct cr_config *cfg,
-					 __u64 now)
+/* The bucket key of a packet: IPv6 sources masked to the configured prefix. */
+static __always_inline void bucket_key_of(const struct packet *p, const struct cr_config *cfg,
+					  struct cr_bucket_key *key)
 {
-	struct cr_bucket_key key = { .dport = p->dport, .proto = p->proto };
-	__u64 clock = token_clock(&cfg->clock[p->proto & 1], now);
-	__u64 limit = (__u64)cfg->burst * (__u64)CR_TOKEN;
-	struct cr_bucket *b;
-	int i;
+	__u32 *w = (__u32 *)key->src.bytes;
 
-	key.src = p->src;
+	key->src = p->src;
+	key->dport = p->dport;
+	key->proto = p->proto;
+	key->pad = 0;
 	if (p->is_v6) {
-		__u32 *w = (__u32 *)key.src.bytes;
-
 		w[0] &= cfg->ipv6_mask[0];
 		w[1] &= cfg->ipv6_mask[1];
 		w[2] &= cfg->ipv6_mask[2];
 		w[3] &= cfg->ipv6_mask[3];
 	}
+}
 
-	b = bpf_map_lookup_elem(&buckets, &key);
+/* No token right now (GCRA: taking one would put tat' - C over the limit). */
+static __always_inline int bucket_empty(struct cr_bucket *b, __u64 clock, __u64 limit)
+{
+	__u64 tat = READ_ONCE(b->tat);
+
+	return (tat > clock ? tat : clock) + (__u64)CR_TOKEN - clock > limit;
+}
+
+/* GCRA on the token clock: tat' = max(tat, C) + 1 token; allow iff
+ * tat' - C <= burst tokens, stored by compare-and-swap so CPUs racing on one
+ * key admit no more than one CPU would. *bp may be NULL (a new key starts
+ * full); on return it points at the bucket, if there is one. Returns 1 when
+ * allowed. */
+static __always_inline int bucket_take(const struct cr_bucket_key *key, struct cr_bucket **bp,
+				       __u64 clock, __u64 limit)
+{
+	struct cr_bucket *b = *bp;
+	int i;
+
 	if (!b) {
-		/* A new key starts full: this packet takes the first token. */
 		struct cr_bucket fresh = { .tat = clock + (__u64)CR_TOKEN };
-		long err;
 
-		if (CR_TOKEN > limit)
-			goto over; /* burst 0: nothing is ever allowed */
-		err = bpf_map_update_elem(&buckets, &key, &fresh, BPF_NOEXIST);
-		if (!err)
+		if ((__u64)CR_TOKEN > limit)
+			return 0; /* burst 0: nothing is ever allowed */
+		if (!bpf_map_update_elem(&buckets, key, &fresh, BPF_NOEXIST))
 			return 1;
-		b = bpf_map_lookup_elem(&buckets, &key);
+		b = bpf_map_lookup_elem(&buckets, key); /* another CPU inserted it just now */
+		*bp = b;
 		if (!b) {
 			count(CR_CNT_BUCKET_INSERT_FAIL);
 			return 1;
 		}
 	}
-
 	for (i = 0; i < CR_CAS_RETRIES; i++) {
 		__u64 old = READ_ONCE(b->tat);
-		__u64 tat = (old > clock ? old : clock) + CR_TOKEN;
+		__u64 tat = (old > clock ? old : clock) + (__u64)CR_TOKEN;
 
 		if (tat - clock > limit)
-			goto over_bucket;
+			return 0;
 		if (__sync_val_compare_and_swap(&b->tat, old, tat) == old)
 			return 1;
 	}
 	count(CR_CNT_CAS_EXHAUSTED);
-over_bucket:
-	__sync_fetch_and_add(&b->drops, 1);
-	b->last_drop_ns = now;
-	emit_event(&key, b, cfg, now);
-over:
 	return 0;
 }
 
-/* UDP: is this packet the first of its flow? Claims the flow when it is, so two
- * CPUs never count one flow twice. Returns 1 for new, 0 for established. */
-static __always_inline int udp_claim_new(const struct cr_flow_key *fk, const struct cr_config *cfg,
-					 __u64 now)
+/* Bookkeeping for a key over its limit: drops, last drop, the log event. */
+static __always_inline void bucket_over(const struct cr_bucket_key *key, struct cr_bucket *b,
+					const struct cr_config *cfg, __u64 now)
+{
+	__sync_fetch_and_add(&b->drops, 1);
+	b->last_drop_ns = now;
+	emit_event(key, b, cfg, now);
+}
+
+/* What the flow table knew of a UDP packet's flow. */
+struct flow_seen {
+	struct cr_flow *f; /* an expired entry, or NULL */
+	__u64 last;        /* its last-seen time, for the claim */
+};
+
+/* UDP: is the packet's flow established (seen within the timeout)? Refreshes it
+ * when it is. Read-only otherwise. */
+static __always_inline int udp_established(const struct cr_flow_key *fk,
+					   const struct cr_config *cfg, __u64 now,
+					   struct flow_seen *seen)
 {
 	struct cr_flow *f = bpf_map_lookup_elem(&udp_flows, fk);
+
+	seen->f = f;
+	seen->last = 0;
+	if (!f)
+		return 0;
+	seen->last = READ_ONCE(f->last_seen_ns);
+	if ((__s64)(now - seen->last) >= (__s64)cfg->udp_timeout_ns)
+		return 0;
+	if (now - seen->last >= FLOW_REFRESH_NS)
+		WRITE_ONCE(f->last_seen_ns, now);
+	return 1;
+}
+
+/* Claim a new (or expired) flow, so two CPUs never count one flow twice.
+ * Returns 1 when this packet owns it, 0 when another CPU claimed it first
+ * (this packet then belongs to an established flow). */
+static __always_inline int udp_claim(const struct cr_flow_key *fk, const struct flow_seen *seen,
+				     __u64 now)
+{
 	struct cr_flow fresh = { .last_seen_ns = now };
+	long err;
 
-	if (f) {
-		__u64 last = READ_ONCE(f->last_seen_ns);
-
-		if ((__s64)(now - last) < (__s64)cfg->udp_timeout_ns) {
-			if (now - last >= FLOW_REFRESH_NS)
-				WRITE_ONCE(f->last_seen_ns, now);
-			return 0;
-		}
-		/* Expired: whoever swaps in `now` owns the new flow. */
-		return __sync_val_compare_and_swap(&f->last_seen_ns, last, now) == last;
-	}
-	if (bpf_map_update_elem(&udp_flows, fk, &fresh, BPF_NOEXIST) == -EEXIST)
-		return 0; /* another CPU created it just now */
+	if (seen->f)
+		return __sync_val_compare_and_swap(&seen->f->last_seen_ns, seen->last, now) == seen->last;
+	err = bpf_map_update_elem(&udp_flows, fk, &fresh, BPF_NOEXIST);
+	if (err == -EEXIST)
+		return 0;
+	if (err)
+		count(CR_CNT_FLOW_INSERT_FAIL); /* judged as new all the same */
 	return 1;
 }
 
@@ -526,11 +563,14 @@ int connrate_xdp(struct xdp_md *ctx)
 {
 	struct packet p = {};
 	struct cr_flow_key fk = {};
+	struct flow_seen seen = {};
+	struct cr_bucket_key key;
 	const struct cr_config *cfg;
 	struct cr_config_slot *cs;
+	struct cr_bucket *b;
 	__u32 zero = 0, slot, verdict_cnt;
-	__u64 now;
-	int res;
+	__u64 now, clock, limit, coarse = 0;
+	int res, allowed;
 
 	count(CR_CNT_SEEN);
 	res = parse(ctx, &p);
@@ -582,27 +622,48 @@ int connrate_xdp(struct xdp_md *ctx)
 		fk.dst = p.dst;
 		fk.sport = p.sport;
 		fk.dport = p.dport;
-		if (!udp_claim_new(&fk, cfg, coarse_now_ns())) {
+		coarse = coarse_now_ns();
+		if (udp_established(&fk, cfg, coarse, &seen)) {
 			count(CR_CNT_ESTABLISHED);
 			return XDP_PASS;
 		}
 	}
-	/* An exempt source's UDP flow stays claimed: its next packets are established. */
 	if (source_exempt(&p, slot, cfg)) {
+		/* An exempt source's UDP flow is recorded: its next packets are established. */
+		if (p.proto == CR_PROTO_UDP)
+			udp_claim(&fk, &seen, coarse);
 		count(CR_CNT_EXEMPT);
 		return XDP_PASS;
 	}
 
 	now = now_ns();
-	if (bucket_allows(&p, cfg, now)) {
-		verdict_cnt = CR_CNT_NEW_ALLOWED;
-	} else if (cfg->mode == CR_MODE_LOG) {
-		verdict_cnt = CR_CNT_NEW_WOULD_DROP;
+	bucket_key_of(&p, cfg, &key);
+	clock = token_clock(&cfg->clock[p.proto & 1], now);
+	limit = (__u64)cfg->burst * (__u64)CR_TOKEN;
+	b = bpf_map_lookup_elem(&buckets, &key);
+	if (b && bucket_empty(b, clock, limit)) {
+		/* Over the limit, read-only: nothing to claim or swap (the common
+		 * case under a flood from one source). */
+		allowed = 0;
+		if (p.proto == CR_PROTO_UDP && cfg->mode == CR_MODE_LOG)
+			udp_claim(&fk, &seen, coarse); /* it passes: its flow exists from now on */
 	} else {
-		verdict_cnt = CR_CNT_NEW_DROPPED;
+		if (p.proto == CR_PROTO_UDP && !udp_claim(&fk, &seen, coarse)) {
+			count(CR_CNT_ESTABLISHED); /* another CPU just opened this flow */
+			return XDP_PASS;
+		}
+		allowed = bucket_take(&key, &b, clock, limit);
 		/* A dropped first packet does not create the flow. */
-		if (p.proto == CR_PROTO_UDP)
+		if (!allowed && p.proto == CR_PROTO_UDP && cfg->mode != CR_MODE_LOG)
 			bpf_map_delete_elem(&udp_flows, &fk);
+	}
+
+	if (allowed) {
+		verdict_cnt = CR_CNT_NEW_ALLOWED;
+	} else {
+		if (b)
+			bucket_over(&key, b, cfg, now);
+		verdict_cnt = cfg->mode == CR_MODE_LOG ? CR_CNT_NEW_WOULD_DROP : CR_CNT_NEW_DROPPED;
 	}
 	count(verdict_cnt);
 	count_port(&p, verdict_cnt);
