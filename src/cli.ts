@@ -17,6 +17,8 @@ import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
 
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
+/** Smallest map a daemon accepts: below this an LRU map evicts constantly. */
+const MIN_MAP_ENTRIES = 1024;
 
 function json(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? (Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()) : v), 2);
@@ -154,9 +156,12 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath runnin
     .addOption(new Option('--interface <if>', 'attach to this interface (repeatable); default: every interface with a default route').argParser((v: string, acc: string[] = []) => [...acc, v]))
     .addOption(new Option('--xdp-mode <mode>', 'XDP mode').choices(['auto', 'native', 'generic']).default('auto'))
     .option('--metrics <host:port|off>', 'Prometheus endpoint (GET /metrics)', DEFAULT_METRICS)
-    .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string }) => {
+    .option('--buckets <n>', 'capacity of the bucket map, set when the datapath is created (default 262144; see "Sizing" in the README)', positiveInt('--buckets', MIN_MAP_ENTRIES))
+    .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES))
+    .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; buckets?: number; udpFlows?: number }) => {
       const listen = parseListen(o.metrics); // refuse a bad value before touching anything
-      const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store() });
+      const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
+      const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store(), sizes });
       if (listen) {
         try {
           await d.serveMetrics(listen);

@@ -112,7 +112,14 @@ export class Datapath {
         checkFingerprint(op, opts.pins, fingerprint);
         for (const name of programMaps(obj)) {
           const pin = opts.pins.mapPin(name);
-          if (existsSync(pin)) checkPinnedMap(op, opts.pins.dir, obj, name, BpfMap.fromPinned(pin), opts.sizes);
+          if (existsSync(pin)) {
+            const entries = checkPinnedMap(op, opts.pins.dir, obj, name, BpfMap.fromPinned(pin));
+            const asked = sizeOf(opts.sizes, name);
+            if (asked !== undefined && asked !== entries) {
+              throw new ConnrateError(op, 'EINVAL', `map ${name} is pinned at ${opts.pins.dir} with ${entries} entries, not ${asked}: a size is set when the datapath is created; to resize, run "connrate detach" (this resets all limits and counters) and start again`, EXIT.USAGE);
+            }
+            obj.setMaxEntries(name, entries); // adopt what is pinned
+          }
           obj.setPinPath(name, pin);
         }
       }
@@ -342,18 +349,24 @@ function checkFingerprint(op: string, pins: PinDir, fingerprint: Buffer): void {
   }
 }
 
-/** A pinned map must be what this build would create, or we refuse before touching anything. */
-function checkPinnedMap(op: string, pinDir: string, obj: BpfObject, name: string, pinned: BpfMap, sizes?: MapSizes): void {
+function sizeOf(sizes: MapSizes | undefined, map: string): number | undefined {
+  const k = (Object.keys(SIZE_TO_MAP) as (keyof MapSizes)[]).find((key) => SIZE_TO_MAP[key] === map);
+  return k ? sizes?.[k] : undefined;
+}
+
+/**
+ * A pinned map must be of the kind this build creates, or we refuse before
+ * touching anything. Returns its capacity.
+ */
+function checkPinnedMap(op: string, pinDir: string, obj: BpfObject, name: string, pinned: BpfMap): number {
   try {
     const want = obj.mapSpec(name);
-    const sizeKey = (Object.keys(SIZE_TO_MAP) as (keyof MapSizes)[]).find((k) => SIZE_TO_MAP[k] === name);
-    const wantEntries = (sizeKey && sizes?.[sizeKey]) ?? want.maxEntries;
     const diff: string[] = [];
     if (pinned.type !== want.type) diff.push(`type ${pinned.type}, expected ${want.type}`);
     if (pinned.keySize !== want.keySize) diff.push(`key size ${pinned.keySize}, expected ${want.keySize}`);
     if (pinned.valueSize !== want.valueSize) diff.push(`value size ${pinned.valueSize}, expected ${want.valueSize}`);
-    if (sizes && pinned.maxEntries !== wantEntries) diff.push(`${pinned.maxEntries} entries, expected ${wantEntries}`);
     if (diff.length) throw new IncompatiblePinsError(op, pinDir, `map ${name}: ${diff.join(', ')}`);
+    return pinned.maxEntries;
   } finally {
     pinned.close();
   }

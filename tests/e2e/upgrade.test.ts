@@ -80,6 +80,24 @@ describe('upgrades over pinned state', () => {
   });
 });
 
+describe('map sizes', () => {
+  it('are set at creation, adopted by a restart, and a different size is refused with the way to resize', async () => {
+    await app.start(['--metrics', 'off', '--buckets', '4096', '--udp-flows', '2048']);
+    const capacity = () => (JSON.parse(app.cli(['stats', '--json']).stdout) as { bucketCapacity: number; flowCapacity: number });
+    expect(capacity()).toMatchObject({ bucketCapacity: 4096, flowCapacity: 2048 });
+    await app.stop();
+    await app.start(); // no size given: the pinned one stays
+    expect(capacity()).toMatchObject({ bucketCapacity: 4096, flowCapacity: 2048 });
+    await app.stop();
+    const before = progId();
+    const r = app.cli(['run', '--metrics', 'off', '--buckets', '8192']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/buckets is pinned .* with 4096 entries, not 8192.*connrate detach/);
+    expect(progId()).toBe(before);
+    expect(app.cli(['run', '--buckets', '10']).stderr).toMatch(/--buckets must be an integer ≥ 1024/);
+  });
+});
+
 describe('two daemons at once', () => {
   it('attach once: one runs, the other is refused by the lock', async () => {
     const a = tb.spawn(tb.app, [BIN, 'run', '--metrics', 'off']);
