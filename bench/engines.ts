@@ -61,7 +61,7 @@ function sumPerCpu(map: BpfMap): bigint {
 }
 
 /** Pin `prog`, attach it to crbd through the pin, drop the pin (the attachment holds the program). */
-function attach(t: Topology, prog: Program, name: string): void {
+export function attach(t: Topology, prog: Program, name: string): void {
   const pin = `${NET.pinDir}/${name}`;
   prog.pin(pin);
   try {
