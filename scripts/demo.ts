@@ -8,6 +8,7 @@
 import { Appliance } from '../tests/helpers/appliance.js';
 import { type ClientRequest, createTestbed } from '../tests/helpers/testbed.js';
 
+const METRICS = '127.0.0.1:9470';
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
 const step = (s: string): void => say(`\n== ${s}`);
 
@@ -43,7 +44,7 @@ async function main(): Promise<void> {
     say(app.cli(['extc', 'value', 'get', 'application', 'securepoint_firewall']).stdout.trimEnd());
 
     step('start the daemon: connrate run (attaches to the interface with the default route)');
-    await app.start();
+    await app.start(['--metrics', METRICS]);
     say(app.log.trimEnd());
 
     const run = async (who: string, req: ClientRequest): Promise<void> => {
@@ -67,6 +68,9 @@ async function main(): Promise<void> {
     say(app.cli(['top']).stdout.trimEnd());
     step('connrate stats');
     say(app.cli(['stats']).stdout.trimEnd());
+    step(`Prometheus metrics: GET http://${METRICS}/metrics (loopback of the appliance), connrate series`);
+    const scrape = tb.exec(tb.app, [process.execPath, '-e', `fetch('http://${METRICS}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`]);
+    say(scrape.stdout.split('\n').filter((l) => l.startsWith('connrate_') && !/ 0$/.test(l)).join('\n'));
     step('the block log (one line per limited source, port and protocol, at most once a minute)');
     say(app.log.split('\n').filter((l) => l.includes('RATE-LIMIT')).join('\n'));
 
