@@ -121,8 +121,8 @@ export class Daemon {
   }
 
   #onEvents(records: Buffer[]): void {
-    const cfg = this.dp.appliedConfig();
-    for (const r of records) this.#blockLog?.write(formatEvent(decodeEvent(this.dp.abi, r), cfg?.logAnonymize ?? false));
+    const anonymized = this.dp.logAnonymize();
+    for (const r of records) this.#blockLog?.write(formatEvent(decodeEvent(this.dp.abi, r), anonymized));
   }
 
   /** Attach to every target interface not attached yet. */

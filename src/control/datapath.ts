@@ -190,6 +190,12 @@ export class Datapath {
     return v ? readU32(v, this.abi.configSlot.field('slot').offset) & 1 : 0;
   }
 
+  /** Whether the configuration in force asks for anonymized log sources (one field, no full decode). */
+  logAnonymize(): boolean {
+    const v = this.map('config').lookup(slotKey(this.activeSlot()));
+    return v ? readU32(v, this.abi.config.field('log_anonymize').offset) !== 0 : false;
+  }
+
   /** The configuration in force, or undefined before the first apply. */
   appliedConfig(): (AppliedConfig & { exempt: string[] }) | undefined {
     const slot = this.activeSlot();
