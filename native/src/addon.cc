@@ -149,6 +149,25 @@ static Napi::Value Flock(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// xdpQuery(ifindex) -> { attachMode, progId, drvProgId, skbProgId, hwProgId }:
+// what is attached to an interface's XDP hook (bpf_xdp_query, over netlink).
+static Napi::Value XdpQuery(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_xdp_query_opts opts;
+  memset(&opts, 0, sizeof(opts));
+  opts.sz = sizeof(opts);
+  LogCapture cap;
+  int err = bpf_xdp_query(static_cast<int>(ArgU32(info, 0)), 0, &opts);
+  if (err != 0) ThrowErrno(env, "bpf_xdp_query", err, cap.text());
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("attachMode", opts.attach_mode);
+  o.Set("progId", opts.prog_id);
+  o.Set("drvProgId", opts.drv_prog_id);
+  o.Set("skbProgId", opts.skb_prog_id);
+  o.Set("hwProgId", opts.hw_prog_id);
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitLibbpf();
   auto* data = new AddonData();
@@ -170,6 +189,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ifNameToIndex", Napi::Function::New(env, IfNameToIndex));
   exports.Set("ifIndexToName", Napi::Function::New(env, IfIndexToName));
   exports.Set("flock", Napi::Function::New(env, Flock));
+  exports.Set("xdpQuery", Napi::Function::New(env, XdpQuery));
   InitObject(env, exports);
   InitFd(env, exports);
   InitRingBuf(env, exports);

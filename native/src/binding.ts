@@ -12,7 +12,11 @@ export type FdHandle = Handle<'fd'>;
 export type ObjHandle = Handle<'object'>;
 export type RingHandle = Handle<'ring'>;
 
-export interface NativeMapDesc { name: string; type: number; internal: boolean; keySize: number; valueSize: number; maxEntries: number }
+export interface NativeMapDesc {
+  name: string; type: number; internal: boolean; keySize: number; valueSize: number; maxEntries: number;
+  /** BTF type ids of the key and value (0: none). */
+  keyTypeId: number; valueTypeId: number;
+}
 export interface NativeProgDesc { name: string; section: string; type: number }
 export interface NativeBtfStruct {
   name: string; size: number; kind: 'struct' | 'union';
@@ -20,6 +24,17 @@ export interface NativeBtfStruct {
 }
 export interface NativeDatasecVar { name: string; offset: number; size: number; kind: 'int' | 'bool' | 'enum' | 'other'; signed: boolean }
 export interface NativeDatasec { name: string; vars: NativeDatasecVar[] }
+/** One entry of the BTF type table, as btfTypes() returns it (fields by kind). */
+export interface NativeBtfType {
+  kind: string; name: string;
+  size?: number; type?: number; nelems?: number;
+  signed?: boolean; bool?: boolean; char?: boolean; bits?: number; bitOffset?: number;
+  members?: { name: string; type: number; bitOffset: number; bitSize: number }[];
+  values?: [string, bigint][];
+  linkage?: number; union?: boolean;
+  vars?: { type: number; offset: number; size: number }[];
+}
+export interface NativeXdpQuery { attachMode: number; progId: number; drvProgId: number; skbProgId: number; hwProgId: number }
 export interface NativeMapInfo { id: number; name: string; type: number; keySize: number; valueSize: number; maxEntries: number; flags: number }
 export interface NativeProgInfo {
   id: number; name: string; tag: string; type: number; jitedLen: number; xlatedLen: number; runTimeNs: bigint; runCount: bigint;
@@ -37,6 +52,7 @@ export interface Native {
   ifNameToIndex(name: string): number;
   ifIndexToName(index: number): string;
   flock(fd: number, op: number): boolean;
+  xdpQuery(ifindex: number): NativeXdpQuery;
 
   objOpen(path: string, kernelLogLevel: number): ObjHandle;
   objLoad(o: ObjHandle): void;
@@ -53,6 +69,7 @@ export interface Native {
   btfStruct(o: ObjHandle, name: string): NativeBtfStruct | null;
   btfEnum(o: ObjHandle, name: string): [string, number][] | null;
   btfDatasecs(o: ObjHandle): NativeDatasec[];
+  btfTypes(o: ObjHandle): (NativeBtfType | null)[];
 
   fdClose(h: FdHandle): void;
   fdNumber(h: FdHandle): number;

@@ -4,11 +4,17 @@ export {
 } from './errors.js';
 export { BpfObject, type BtfStruct, type MapSpec, type OpenOptions } from './object.js';
 export {
-  BpfMap, MAP_TYPE, MapBatchCursor, numPossibleCpus, type BatchBlock, type BatchResult, type MapInfo, type UpdateFlag,
+  BpfMap, MAP_TYPE, MapBatch, MapBatchCursor, numPossibleCpus, type MapInfo, type UpdateFlag,
 } from './map.js';
 export {
-  Link, LINK_TYPE, PROG_TYPE, Program, TEST_RUN_XDP_LIVE_FRAMES, XDP_ACTION, xdpLinks,
-  type LinkInfo, type ProgramInfo, type TestRunOptions, type TestRunResult, type XdpMode,
+  Link, LINK_TYPE, PROG_TYPE, Program, TEST_RUN_XDP_LIVE_FRAMES, XDP_ACTION, xdpLinks, xdpQuery,
+  type LinkInfo, type XdpAttachment, type ProgramInfo, type TestRunOptions, type TestRunResult, type XdpMode,
 } from './program.js';
 export { RingBufferReader } from './ringbuf.js';
 export { flock, ifIndex, ifName } from './sys.js';
+export {
+  checkLayout, codec, codecs, hostOrder, mapDef, objectLayout, perCpuMapDef, rawMapDef, readArray, readBytes, setGlobals,
+  structCodec, TypedMap, TypedPerCpuMap, writeArray, writeBytes,
+  type Codec, type GlobalDefs, type MapDef, type StructCodec, type TypedBatch,
+} from './typed.js';
+export { generate, type GenerateOptions } from './gen.js';

@@ -27,30 +27,54 @@ export function numPossibleCpus(): number {
 }
 
 export interface MapInfo { id: number; name: string; type: number; keySize: number; valueSize: number; maxEntries: number; flags: number }
-export interface BatchResult { keys: Buffer[]; values: Buffer[]; done: boolean }
 
 /**
- * Iteration state for BpfMap.batchLookup(): pass the same cursor until a
- * result says `done`. Use one cursor per walk and per map.
+ * A run of entries from one BpfMap.batchLookup() step, in two contiguous
+ * buffers: entry i is keys[i*keyStride…] and values[i*valueStride…]
+ * (valueStride is the map's valueBufferSize: per-CPU values are the raw
+ * concatenation). key(i) and value(i) are views into them.
  */
-/** A run of entries from one bpf_map_lookup_batch call (see BpfMap.blocks). */
-export interface BatchBlock {
-  readonly count: number;
-  readonly keys: Buffer;
-  readonly values: Buffer;
+export class MapBatch {
+  constructor(
+    readonly count: number,
+    readonly keys: Buffer,
+    readonly values: Buffer,
+    readonly keyStride: number,
+    readonly valueStride: number,
+    /** The walk is over: no further entries. */
+    readonly done: boolean,
+  ) {}
+
+  key(i: number): Buffer {
+    return this.keys.subarray(i * this.keyStride, (i + 1) * this.keyStride);
+  }
+
+  value(i: number): Buffer {
+    return this.values.subarray(i * this.valueStride, (i + 1) * this.valueStride);
+  }
 }
 
+/**
+ * Where a walk with BpfMap.batchLookup() stands, as in cilium/ebpf: pass the
+ * same cursor until a batch says `done`. One cursor per walk and per map.
+ */
 export class MapBatchCursor {
   // Nominal typing only; the state lives in `cursors` below.
   readonly #brand = true;
 }
 
-interface CursorState { token: Buffer | null; done: boolean }
+interface CursorState {
+  /** 'batch': bpf_map_lookup_batch with `token`; 'keys': get_next_key from `lastKey` (maps without batch ops). */
+  mode: 'batch' | 'keys' | 'new';
+  token: Buffer | null;
+  lastKey: Buffer | null;
+  done: boolean;
+}
 const cursors = new WeakMap<MapBatchCursor, CursorState>();
 
 function cursorState(c: MapBatchCursor): CursorState {
   let s = cursors.get(c);
-  if (s === undefined) cursors.set(c, (s = { token: null, done: false }));
+  if (s === undefined) cursors.set(c, (s = { mode: 'new', token: null, lastKey: null, done: false }));
   return s;
 }
 
@@ -59,6 +83,8 @@ function split(buf: Buffer, count: number, size: number): Buffer[] {
   for (let i = 0; i < count; i++) out.push(buf.subarray(i * size, (i + 1) * size));
   return out;
 }
+
+const BATCH_UNSUPPORTED: ReadonlySet<number> = new Set([Errno.EINVAL, Errno.ENOTSUPP, Errno.EOPNOTSUPP]);
 
 /**
  * A BPF map, owning its own fd. Maps obtained from BpfObject.map() hold a
@@ -174,82 +200,90 @@ export class BpfMap {
   }
 
   /**
-   * Up to `count` entries from bpf_map_lookup_batch. Call again with the same
-   * cursor until `done`. Hash maps need `count` >= the largest bucket (ENOSPC
-   * otherwise; the cursor is unchanged, so retrying with a larger count works).
+   * The next entries of a walk, like cilium/ebpf's BatchLookup: one
+   * bpf_map_lookup_batch call, the cheapest way to scan a large map (two
+   * Buffers per batch, none per entry). Call again with the same cursor until
+   * a batch says `done`. A hash bucket larger than `count` makes that batch
+   * larger than `count` (the kernel's ENOSPC is retried with room for it).
+   * Maps without batch ops (e.g. DEVMAP) are walked with get_next_key +
+   * lookup, `count` entries at a time.
    */
-  batchLookup(cursor: MapBatchCursor, count: number): BatchResult {
+  batchLookup(cursor: MapBatchCursor, count: number): MapBatch {
     const op = this.#op('batchLookup');
     if (!(cursor instanceof MapBatchCursor)) throw new TypeError(`${op}: cursor must be a MapBatchCursor`);
     checkU32(op, 'count', count, 1);
     const state = cursorState(cursor);
-    if (state.done) return { keys: [], values: [], done: true };
-    const r = call(op, 'other', () => native.mapLookupBatch(this.#live('batchLookup'), state.token, count));
-    state.token = r.token;
-    state.done = r.done;
-    return { keys: split(r.keys, r.count, this.keySize), values: split(r.values, r.count, this.valueBufferSize), done: r.done };
-  }
-
-  /**
-   * The map in contiguous blocks, straight from bpf_map_lookup_batch: entry i
-   * of a block is keys[i*keySize…] and values[i*valueBufferSize…]. The cheapest
-   * way to scan a large map (no Buffer per entry). Maps without batch support
-   * (e.g. DEVMAP) come as blocks of one entry, through get_next_key.
-   */
-  *blocks(batchSize = 1024): IterableIterator<BatchBlock> {
-    const op = this.#op('blocks');
-    checkU32(op, 'batchSize', batchSize, 1);
-    let token: Buffer | null = null;
-    let count = batchSize;
-    let first = true;
+    if (state.done) return new MapBatch(0, Buffer.alloc(0), Buffer.alloc(0), this.keySize, this.valueBufferSize, true);
+    if (state.mode === 'keys') return this.#batchByKeys(state, count);
+    let n = count;
     for (;;) {
       let r: NativeBatch;
       try {
-        const t: Buffer | null = token;
-        r = call(op, 'other', () => native.mapLookupBatch(this.#live('blocks'), t, count));
+        const t = state.token;
+        r = call(op, 'other', () => native.mapLookupBatch(this.#live('batchLookup'), t, n));
       } catch (e) {
         if (!(e instanceof BpfError)) throw e;
-        if (e.errno === Errno.ENOSPC) {
-          count *= 2; // a hash bucket larger than the batch
+        if (e.errno === Errno.ENOSPC && n < Math.max(this.maxEntries, 1)) {
+          n = Math.min(n * 2, Math.max(this.maxEntries, 1)); // a hash bucket larger than the batch
           continue;
         }
-        if (first && (e.errno === Errno.EINVAL || e.errno === Errno.ENOTSUPP || e.errno === Errno.EOPNOTSUPP)) {
-          for (const [k, v] of this.#entriesByKey()) yield { count: 1, keys: k, values: v };
-          return;
+        if (state.mode === 'new' && BATCH_UNSUPPORTED.has(e.errno)) {
+          state.mode = 'keys';
+          return this.#batchByKeys(state, count);
         }
         throw e;
       }
-      first = false;
-      token = r.token;
-      if (r.count > 0) yield { count: r.count, keys: r.keys, values: r.values };
-      if (r.done) return;
+      state.mode = 'batch';
+      state.token = r.token;
+      state.done = r.done;
+      return new MapBatch(r.count, r.keys, r.values, this.keySize, this.valueBufferSize, r.done);
     }
   }
 
-  /**
-   * All [key, value] pairs: batched where the map type supports it, else
-   * get_next_key + lookup (LPM tries...). Per-CPU values are the raw concatenation.
-   */
-  *entries(batchSize = 1024): IterableIterator<[Buffer, Buffer]> {
-    for (const b of this.blocks(batchSize)) {
-      for (let i = 0; i < b.count; i++) {
-        yield [b.keys.subarray(i * this.keySize, (i + 1) * this.keySize), b.values.subarray(i * this.valueBufferSize, (i + 1) * this.valueBufferSize)];
+  #batchByKeys(state: CursorState, count: number): MapBatch {
+    const op = this.#op('batchLookup');
+    const keys = Buffer.alloc(count * this.keySize);
+    const values = Buffer.alloc(count * this.valueBufferSize);
+    let n = 0;
+    while (n < count) {
+      const prev = state.lastKey;
+      const key = call(op, 'other', () => native.mapNextKey(this.#live('batchLookup'), prev));
+      if (key === null) {
+        state.done = true;
+        break;
       }
+      state.lastKey = key;
+      const value = call(op, 'map', () => native.mapLookup(this.#live('batchLookup'), key));
+      if (value === null) continue; // deleted meanwhile
+      key.copy(keys, n * this.keySize);
+      value.copy(values, n * this.valueBufferSize);
+      n++;
+    }
+    return new MapBatch(n, keys, values, this.keySize, this.valueBufferSize, state.done);
+  }
+
+  /** Every non-empty batch of a full walk (batchLookup with a fresh cursor until done). */
+  *#batches(batchSize = 1024): IterableIterator<MapBatch> {
+    const cursor = new MapBatchCursor();
+    for (;;) {
+      const b = this.batchLookup(cursor, batchSize);
+      if (b.count > 0) yield b;
+      if (b.done) return;
+    }
+  }
+
+  /** All [key, value] pairs, read in batches. Per-CPU values are the raw concatenation. */
+  *entries(batchSize = 1024): IterableIterator<[Buffer, Buffer]> {
+    for (const b of this.#batches(batchSize)) {
+      for (let i = 0; i < b.count; i++) yield [b.key(i), b.value(i)];
     }
   }
 
   /** How many entries the map holds now (a batch walk; no per-entry allocation). */
   count(batchSize = 4096): number {
     let n = 0;
-    for (const b of this.blocks(batchSize)) n += b.count;
+    for (const b of this.#batches(batchSize)) n += b.count;
     return n;
-  }
-
-  *#entriesByKey(): IterableIterator<[Buffer, Buffer]> {
-    for (const key of this.keys()) {
-      const value = this.lookup(key);
-      if (value !== undefined) yield [key, value];
-    }
   }
 
   pin(path: string): void {

@@ -99,6 +99,8 @@ static Napi::Value Maps(const Napi::CallbackInfo& info) {
     e.Set("keySize", bpf_map__key_size(m));
     e.Set("valueSize", bpf_map__value_size(m));
     e.Set("maxEntries", bpf_map__max_entries(m));
+    e.Set("keyTypeId", bpf_map__btf_key_type_id(m));
+    e.Set("valueTypeId", bpf_map__btf_value_type_id(m));
     out.Set(i++, e);
   }
   return out;
@@ -263,6 +265,120 @@ static const char* ScalarKind(const btf* b, uint32_t type_id, bool* is_signed) {
   return "other";
 }
 
+static const char* KindName(const btf_type* t) {
+  switch (btf_kind(t)) {
+    case BTF_KIND_INT: return "int";
+    case BTF_KIND_PTR: return "ptr";
+    case BTF_KIND_ARRAY: return "array";
+    case BTF_KIND_STRUCT: return "struct";
+    case BTF_KIND_UNION: return "union";
+    case BTF_KIND_ENUM: return "enum";
+    case BTF_KIND_FWD: return "fwd";
+    case BTF_KIND_TYPEDEF: return "typedef";
+    case BTF_KIND_VOLATILE: return "volatile";
+    case BTF_KIND_CONST: return "const";
+    case BTF_KIND_RESTRICT: return "restrict";
+    case BTF_KIND_FUNC: return "func";
+    case BTF_KIND_FUNC_PROTO: return "func_proto";
+    case BTF_KIND_VAR: return "var";
+    case BTF_KIND_DATASEC: return "datasec";
+    case BTF_KIND_FLOAT: return "float";
+    case BTF_KIND_DECL_TAG: return "decl_tag";
+    case BTF_KIND_TYPE_TAG: return "type_tag";
+    case BTF_KIND_ENUM64: return "enum64";
+    default: return "unknown";
+  }
+}
+
+// btfTypes(obj) -> the whole type table, index = type id (0: void, null).
+// Each entry: { kind, name, size?, type?, members?, elemType?, nelems?,
+// encoding?, bits?, signed?, values?, vars? }; meaning is left to TypeScript.
+static Napi::Value BtfTypes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const btf* b = ObjBtf(env, Unwrap<ObjRes>(info[0], "object"), "btf__type_by_id");
+  uint32_t n = btf__type_cnt(b);
+  Napi::Array out = Napi::Array::New(env, n);
+  out.Set(0u, env.Null());
+  for (uint32_t id = 1; id < n; id++) {
+    const btf_type* t = btf__type_by_id(b, id);
+    Napi::Object e = Napi::Object::New(env);
+    e.Set("kind", KindName(t));
+    e.Set("name", btf__name_by_offset(b, t->name_off));
+    if (btf_is_int(t)) {
+      e.Set("size", t->size);
+      uint8_t enc = btf_int_encoding(t);
+      e.Set("signed", (enc & BTF_INT_SIGNED) != 0);
+      e.Set("bool", (enc & BTF_INT_BOOL) != 0);
+      e.Set("char", (enc & BTF_INT_CHAR) != 0);
+      e.Set("bits", btf_int_bits(t));
+      e.Set("bitOffset", btf_int_offset(t));
+    } else if (btf_is_float(t)) {
+      e.Set("size", t->size);
+    } else if (btf_is_array(t)) {
+      const struct btf_array* a = btf_array(t);
+      e.Set("type", a->type);
+      e.Set("nelems", a->nelems);
+    } else if (btf_is_composite(t)) {
+      e.Set("size", t->size);
+      Napi::Array members = Napi::Array::New(env);
+      const btf_member* m = btf_members(t);
+      for (uint16_t i = 0; i < btf_vlen(t); i++, m++) {
+        Napi::Object me = Napi::Object::New(env);
+        me.Set("name", btf__name_by_offset(b, m->name_off));
+        me.Set("type", m->type);
+        me.Set("bitOffset", btf_member_bit_offset(t, i));
+        me.Set("bitSize", btf_member_bitfield_size(t, i));
+        members.Set(i, me);
+      }
+      e.Set("members", members);
+    } else if (btf_is_any_enum(t)) {
+      e.Set("size", t->size);
+      bool is_signed = btf_kflag(t);
+      e.Set("signed", is_signed);
+      Napi::Array values = Napi::Array::New(env);
+      for (uint16_t i = 0; i < btf_vlen(t); i++) {
+        Napi::Array pair = Napi::Array::New(env, 2);
+        if (btf_is_enum(t)) {
+          const struct btf_enum* en = btf_enum(t) + i;
+          pair.Set(0u, btf__name_by_offset(b, en->name_off));
+          int64_t v = is_signed ? static_cast<int64_t>(en->val) : static_cast<int64_t>(static_cast<uint32_t>(en->val));
+          pair.Set(1u, Napi::BigInt::New(env, v));
+        } else {
+          const struct btf_enum64* en = btf_enum64(t) + i;
+          uint64_t v = btf_enum64_value(en);
+          pair.Set(0u, btf__name_by_offset(b, en->name_off));
+          if (is_signed) pair.Set(1u, Napi::BigInt::New(env, static_cast<int64_t>(v)));
+          else pair.Set(1u, Napi::BigInt::New(env, v));
+        }
+        values.Set(i, pair);
+      }
+      e.Set("values", values);
+    } else if (btf_is_var(t)) {
+      e.Set("type", t->type);
+      e.Set("linkage", btf_var(t)->linkage);
+    } else if (btf_is_datasec(t)) {
+      e.Set("size", t->size);
+      Napi::Array vars = Napi::Array::New(env);
+      const btf_var_secinfo* vi = btf_var_secinfos(t);
+      for (uint16_t i = 0; i < btf_vlen(t); i++, vi++) {
+        Napi::Object v = Napi::Object::New(env);
+        v.Set("type", vi->type);
+        v.Set("offset", vi->offset);
+        v.Set("size", vi->size);
+        vars.Set(i, v);
+      }
+      e.Set("vars", vars);
+    } else if (btf_is_fwd(t)) {
+      e.Set("union", btf_kflag(t));
+    } else if (btf_is_mod(t) || btf_is_ptr(t) || btf_is_typedef(t) || btf_is_func(t) || btf_is_decl_tag(t) ||
+               btf_is_type_tag(t)) {
+      e.Set("type", t->type);
+    }
+    out.Set(id, e);
+  }
+  return out;
+}
+
 // btfDatasecs(obj) -> [{ name, vars: [{ name, offset, size, kind, signed }] }]
 static Napi::Value BtfDatasecs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -309,6 +425,7 @@ void InitObject(Napi::Env env, Napi::Object exports) {
   exports.Set("btfStruct", Napi::Function::New(env, BtfStruct));
   exports.Set("btfEnum", Napi::Function::New(env, BtfEnum));
   exports.Set("btfDatasecs", Napi::Function::New(env, BtfDatasecs));
+  exports.Set("btfTypes", Napi::Function::New(env, BtfTypes));
 }
 
 }  // namespace xtl

@@ -173,15 +173,21 @@ export class Program {
   }
 }
 
-/** A BPF link (bpf_link_create). Closing the last fd and pin detaches it. */
+/**
+ * A BPF link (bpf_link_create). Closing the last fd and pin detaches it. A
+ * link remembers where it is pinned: pin(path) or Link.fromPinned(path) set
+ * `pinPath`, unpin() removes that pin.
+ */
 export class Link {
   readonly [kHandle]: FdHandle;
   #closed = false;
+  #pinPath: string | undefined;
 
   /** @internal */
-  constructor(token: InternalToken, handle: FdHandle) {
+  constructor(token: InternalToken, handle: FdHandle, pinPath?: string) {
     if (token !== kInternal) throw new TypeError('Link: use Program.attachXdp(), Link.fromPinned() or Link.fromId()');
     this[kHandle] = handle;
+    this.#pinPath = pinPath;
   }
 
   static fromPinned(path: string): Link {
@@ -189,7 +195,7 @@ export class Link {
     checkPath(op, path);
     const h = call(op, 'pin', () => native.objGet(path));
     expectKind(op, h, 'link');
-    return new Link(kInternal, h);
+    return new Link(kInternal, h, path);
   }
 
   static fromId(id: number): Link {
@@ -203,21 +209,31 @@ export class Link {
     return native.fdNumber(this[kHandle]);
   }
 
-  pin(path: string): void {
-    checkPath('Link.pin', path);
-    call('Link.pin', 'pin', () => native.objPin(this.#live('pin'), path));
+  /** Where this link is pinned (by pin() or as opened by fromPinned()), or undefined. */
+  get pinPath(): string | undefined {
+    return this.#pinPath;
   }
 
-  /** Remove a pin (fs.unlinkSync); the link stays while fds remain. */
-  unpin(path: string): void {
-    checkPath('Link.unpin', path);
+  /** Pin the link at `path` (a bpffs file) and remember it. A link has at most one pin: unpin() first to move it. */
+  pin(path: string): void {
+    checkPath('Link.pin', path);
+    if (this.#pinPath !== undefined) throw new BpfError('Link.pin', Errno.EEXIST, `already pinned at ${this.#pinPath}`);
+    call('Link.pin', 'pin', () => native.objPin(this.#live('pin'), path));
+    this.#pinPath = path;
+  }
+
+  /** Remove the pin (fs.unlinkSync); the link stays while fds remain. */
+  unpin(): void {
+    const path = this.#pinPath;
+    if (path === undefined) throw new BpfError('Link.unpin', Errno.EINVAL, 'the link is not pinned');
     try {
       unlinkSync(path);
     } catch (e) {
       const errno = (e as NodeJS.ErrnoException).errno;
-      if (typeof errno === 'number') throw new BpfError('Link.unpin', -errno, errno === -Errno.ENOENT ? 'no such pin' : (e as Error).message);
+      if (typeof errno === 'number') throw new BpfError('Link.unpin', -errno, errno === -Errno.ENOENT ? `no such pin ${path}` : (e as Error).message);
       throw e;
     }
+    this.#pinPath = undefined;
   }
 
   /** Atomically replace the program (bpf_link_update). */
@@ -245,6 +261,31 @@ export class Link {
     if (this.#closed) throw new BpfError(`Link.${method}`, Errno.EBADF, 'the link is closed');
     return this[kHandle];
   }
+}
+
+/** What is attached to an interface's XDP hook (bpf_xdp_query). */
+export interface XdpAttachment {
+  /** 'multi': programs in more than one mode at once (see progIds). */
+  mode: XdpMode | 'none' | 'multi';
+  /** The attached program's id; 0 for 'none' and 'multi'. */
+  progId: number;
+  /** The program id in each mode (0: none). */
+  progIds: Record<XdpMode, number>;
+}
+
+/** enum XDP_ATTACHED_* from linux/if_link.h, as bpf_xdp_query reports it. */
+const XDP_ATTACHED: Readonly<Record<number, XdpAttachment['mode']>> = { 0: 'none', 1: 'native', 2: 'generic', 3: 'offload', 4: 'multi' };
+
+/** The XDP attachment of an interface, from the kernel (netlink, through libbpf's bpf_xdp_query). */
+export function xdpQuery(ifindex: number): XdpAttachment {
+  const op = `xdpQuery(${ifindex})`;
+  checkU32(op, 'ifindex', ifindex, 1);
+  const r = call(op, 'other', () => native.xdpQuery(ifindex));
+  // The netlink dump behind bpf_xdp_query finds nothing for an unknown ifindex rather than failing.
+  if (r.attachMode === 0) call(op, 'other', () => native.ifIndexToName(ifindex));
+  const mode = XDP_ATTACHED[r.attachMode];
+  if (mode === undefined) throw new BpfError(op, Errno.EINVAL, `unknown XDP attach mode ${r.attachMode}`);
+  return { mode, progId: r.progId, progIds: { native: r.drvProgId, generic: r.skbProgId, offload: r.hwProgId } };
 }
 
 /** All XDP links in the system (optionally only those on `ifindex`). */

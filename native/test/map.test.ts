@@ -124,42 +124,35 @@ describe('BpfMap element operations', () => {
 describe('BpfMap iteration', () => {
   const N = 10_000;
 
-  it('walks 10k entries with batchLookup and a cursor', () => {
+  it('walks 10k entries with batchLookup and a cursor, in contiguous batches', () => {
     const m = track(obj.map('xtl_hash'));
     for (let i = 0; i < N; i++) m.update(u32(i), u64(i * 3));
     const cursor = new MapBatchCursor();
     const seen = new Map<number, bigint>();
     let calls = 0;
+    let sum = 0n;
     for (;;) {
       const r = m.batchLookup(cursor, 1000);
       calls++;
-      expect(r.keys.length).toBe(r.values.length);
-      expect(r.keys.length).toBeLessThanOrEqual(1000);
-      r.keys.forEach((k, i) => seen.set(k.readUInt32LE(0), r.values[i]!.readBigUInt64LE(0)));
+      expect(r.count).toBeLessThanOrEqual(1000);
+      expect([r.keyStride, r.valueStride]).toEqual([m.keySize, m.valueBufferSize]);
+      expect(r.keys.length).toBeGreaterThanOrEqual(r.count * m.keySize);
+      expect(r.values.length).toBeGreaterThanOrEqual(r.count * m.valueBufferSize);
+      for (let i = 0; i < r.count; i++) {
+        seen.set(r.key(i).readUInt32LE(0), r.value(i).readBigUInt64LE(0));
+        sum += r.values.readBigUInt64LE(i * r.valueStride); // in place, no Buffer per entry
+      }
       if (r.done) break;
       expect(calls).toBeLessThan(100);
     }
     expect(calls).toBeGreaterThanOrEqual(10);
     expect(seen.size).toBe(N);
     for (const [k, v] of seen) expect(v).toBe(BigInt(k * 3));
-    // a finished cursor stays finished
-    expect(m.batchLookup(cursor, 10)).toEqual({ keys: [], values: [], done: true });
-    expect(() => m.batchLookup(cursor, 0)).toThrow(TypeError);
-  });
-
-  it('scans contiguous blocks() and count()s entries without a Buffer per entry', () => {
-    const m = track(obj.map('xtl_hash'));
-    let total = 0;
-    let sum = 0n;
-    for (const b of m.blocks(1000)) {
-      expect(b.count).toBeGreaterThan(0);
-      expect(b.keys.length).toBeGreaterThanOrEqual(b.count * m.keySize);
-      expect(b.values.length).toBeGreaterThanOrEqual(b.count * m.valueBufferSize);
-      for (let i = 0; i < b.count; i++) sum += b.values.readBigUInt64LE(i * m.valueBufferSize);
-      total += b.count;
-    }
-    expect(total).toBe(N);
     expect(sum).toBe(3n * BigInt((N * (N - 1)) / 2));
+    // a finished cursor stays finished
+    const after = m.batchLookup(cursor, 10);
+    expect([after.count, after.done]).toEqual([0, true]);
+    expect(() => m.batchLookup(cursor, 0)).toThrow(TypeError);
     expect(m.count()).toBe(N);
     expect(track(obj.map('xtl_devmap')).count()).toBe(0); // no batch support: walks keys
   });
@@ -193,18 +186,20 @@ describe('BpfMap iteration', () => {
   it('falls back to get_next_key + lookup where batch ops are unsupported', () => {
     const m = track(obj.map('xtl_devmap'));
     expect(m.type).toBe(MAP_TYPE.DEVMAP);
-    let unsupported: unknown;
-    try {
-      m.batchLookup(new MapBatchCursor(), 10);
-    } catch (e) {
-      unsupported = e;
-    }
-    expect(unsupported).toBeInstanceOf(BpfError);
-    expect((unsupported as BpfError).code).toBe('ENOTSUPP');
     m.update(u32(0), u32(1)); // ifindex 1: lo
     m.update(u32(2), u32(1));
+    m.update(u32(3), u32(1));
+    // the same cursor API, `count` entries at a time
+    const cursor = new MapBatchCursor();
+    const first = m.batchLookup(cursor, 2);
+    expect([first.count, first.done]).toEqual([2, false]);
+    const rest = m.batchLookup(cursor, 2);
+    expect([rest.count, rest.done]).toEqual([1, true]);
+    const keys = [first.key(0), first.key(1), rest.key(0)].map((k) => k.readUInt32LE(0));
+    expect(keys.sort()).toEqual([0, 2, 3]);
     const got = [...m.entries()].map(([k, v]) => [k.readUInt32LE(0), v.readUInt32LE(0)]);
-    expect(got.sort()).toEqual([[0, 1], [2, 1]]);
+    expect(got.sort()).toEqual([[0, 1], [2, 1], [3, 1]]);
+    expect(m.count()).toBe(3);
   });
 
   it('batches per-CPU arrays with raw concatenated values', () => {

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BpfError, BpfObject, LINK_TYPE, Link, Program, ifIndex, ifName, xdpLinks } from '../src/index.js';
+import { BpfError, BpfObject, LINK_TYPE, Link, Program, ifIndex, ifName, xdpLinks, xdpQuery } from '../src/index.js';
 import { compileFixtures, type Fixtures } from './helpers.js';
 
 // A veth pair of our own in the root namespace; it stays down, so no traffic.
@@ -78,12 +78,16 @@ describe('XDP links', () => {
 
     // the pin keeps the attachment after the fd is closed
     const pin = `${fx.pinDir}/link`;
+    expect(link.pinPath).toBeUndefined();
     link.pin(pin);
+    expect(link.pinPath).toBe(pin);
+    expect(() => link.pin(`${pin}-2`)).toThrow(/already pinned at/);
     link.close();
     link.close();
     expect(xdpLinks(ifindex).map((l) => l.id)).toEqual([info.id]);
     const again = Link.fromPinned(pin);
     expect(again.info().id).toBe(info.id);
+    expect(again.pinPath).toBe(pin); // a link opened from a pin knows it
 
     // atomic replacement
     again.update(dropProg);
@@ -94,8 +98,11 @@ describe('XDP links', () => {
     again.detach();
     expect(xdpLinks(ifindex)).toEqual([]);
     expect(ip('-d', 'link', 'show', 'dev', A)).not.toMatch(/prog\/xdp/);
-    again.unpin(pin);
+    expect(again.pinPath).toBe(pin);
+    again.unpin();
+    expect(again.pinPath).toBeUndefined();
     expect(() => Link.fromPinned(pin)).toThrow(/no such file/);
+    expect(() => again.unpin()).toThrow(/not pinned \(EINVAL\)/);
     again.close();
   });
 
@@ -126,5 +133,64 @@ describe('XDP links', () => {
     expect(() => prog.attachXdp(0x7fff_fff0, { mode: 'native' })).toThrow(BpfError); // EINVAL: no such ifindex
     expect(() => prog.attachXdp(ifIndex(A), { mode: 'bogus' as 'native' })).toThrow(TypeError);
     expect(xdpLinks(ifIndex(A))).toEqual([]);
+  });
+});
+
+// A veth pair whose peer lives in a network namespace of our own; the end we
+// attach to stays in this namespace (bpf_link_create and bpf_xdp_query take
+// ifindexes of the caller's namespace). Both ends stay down: no traffic.
+describe('xdpQuery', () => {
+  const NS = `xtlq${process.pid}`;
+  const Q = `xtlq${process.pid}a`;
+  const P = `xtlq${process.pid}b`;
+
+  beforeAll(() => {
+    ip('netns', 'add', NS);
+    ip('link', 'add', Q, 'type', 'veth', 'peer', 'name', P, 'netns', NS);
+  });
+  afterAll(() => {
+    try {
+      ip('link', 'del', Q);
+    } catch {
+      // already gone
+    }
+    ip('netns', 'del', NS);
+  });
+
+  /** The mode as iproute2 reports it (1 native, 2 generic, 3 offload), to compare with. */
+  function ipMode(): number | undefined {
+    return (JSON.parse(ip('-j', '-d', 'link', 'show', 'dev', Q)) as { xdp?: { mode?: number } }[])[0]?.xdp?.mode;
+  }
+
+  it('reports none, native and generic attachments with the program id', () => {
+    const ifindex = ifIndex(Q);
+    expect(xdpQuery(ifindex)).toEqual({ mode: 'none', progId: 0, progIds: { native: 0, generic: 0, offload: 0 } });
+    expect(ipMode()).toBeUndefined();
+    const progId = prog.info().id;
+
+    const native = prog.attachXdp(ifindex, { mode: 'native' });
+    expect(xdpQuery(ifindex)).toEqual({ mode: 'native', progId, progIds: { native: progId, generic: 0, offload: 0 } });
+    expect(ipMode()).toBe(1);
+    native.close();
+    expect(xdpQuery(ifindex).mode).toBe('none');
+
+    const generic = prog.attachXdp(ifindex, { mode: 'generic' });
+    expect(xdpQuery(ifindex)).toEqual({ mode: 'generic', progId, progIds: { native: 0, generic: progId, offload: 0 } });
+    expect(ipMode()).toBe(2);
+    generic.close();
+    expect(xdpQuery(ifindex).mode).toBe('none');
+  });
+
+  it('refuses bad interfaces with a typed error', () => {
+    expect(() => xdpQuery(0)).toThrow(TypeError);
+    let missing: unknown;
+    try {
+      xdpQuery(0x7fff_fff0);
+    } catch (e) {
+      missing = e;
+    }
+    expect(missing).toBeInstanceOf(BpfError);
+    expect((missing as BpfError).op).toBe(`xdpQuery(${0x7fff_fff0})`);
+    expect((missing as BpfError).code).toBe('ENXIO');
   });
 });

@@ -2,9 +2,8 @@
  * The datapath commands of the CLI: system update rule, status, stats, top,
  * detach. Each returns data; the CLI prints it as text or JSON.
  */
-import { execFileSync } from 'node:child_process';
-import { rmdirSync, unlinkSync } from 'node:fs';
-import { Link, ifName } from '@xdp-ts/loader';
+import { rmdirSync } from 'node:fs';
+import { Link, MapBatchCursor, ifIndex, ifName, xdpQuery } from '@xdp-ts/loader';
 import { Store } from '../config/store.js';
 import { type ExtcValues, diffValues, fromDatapath, resolve } from '../config/variables.js';
 import { ConnrateError, NoDatapathError } from '../errors.js';
@@ -71,14 +70,11 @@ export interface Status {
   readonly pending: string[];
 }
 
-const XDP_MODES: Readonly<Record<number, string>> = { 1: 'native', 2: 'generic', 3: 'offload' };
-
-/** The XDP mode attached to an interface, as the kernel reports it. */
+/** The XDP mode attached to an interface, as the kernel reports it (bpf_xdp_query); undefined if none or no such interface. */
 export function xdpMode(ifname: string): string | undefined {
   try {
-    const out = execFileSync('ip', ['-j', '-d', 'link', 'show', 'dev', ifname], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-    const mode = (JSON.parse(out) as { xdp?: { mode?: number } }[])[0]?.xdp?.mode;
-    return mode === undefined ? undefined : XDP_MODES[mode];
+    const { mode } = xdpQuery(ifIndex(ifname));
+    return mode === 'none' ? undefined : mode;
   } catch {
     return undefined;
   }
@@ -188,7 +184,10 @@ export function readTop(dp: Datapath, limit: number): Offender[] {
   const buckets = dp.map('buckets');
   const dropsOff = dp.abi.bucket.field('drops').offset;
   const best: Candidate[] = []; // sorted, most drops first, at most `limit`
-  for (const block of buckets.blocks(BATCH)) {
+  const cursor = new MapBatchCursor();
+  for (let done = false; !done; ) {
+    const block = buckets.batchLookup(cursor, BATCH);
+    done = block.done;
     for (let i = 0; i < block.count; i++) {
       const vOff = i * buckets.valueBufferSize;
       const drops = readU64(block.values, vOff + dropsOff);
@@ -240,10 +239,10 @@ export function detach(pins: PinDir): string[] {
     const link = Link.fromPinned(pins.linkPin(name));
     try {
       link.detach();
+      link.unpin();
     } finally {
       link.close();
     }
-    unlinkSync(pins.linkPin(name));
     detached.push(name);
   }
   pins.unpinAll();

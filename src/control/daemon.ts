@@ -3,7 +3,7 @@
  * addresses and routes in sync, turn events into log lines. The datapath stays
  * attached when the daemon exits or crashes; `connrate detach` removes it.
  */
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { BpfError, Link, type Program, RingBufferReader, ifIndex } from '@xdp-ts/loader';
 import { resolve } from '../config/variables.js';
@@ -149,10 +149,10 @@ export class Daemon {
           this.info(`connrate: ${ifname}: adopted the pinned XDP link (${mode} mode)`);
           return { ifname, mode, adopted: true };
         }
+        link.unpin(); // the interface it was attached to is gone
       } finally {
         link.close();
       }
-      unlinkSync(pin); // the interface it was attached to is gone
     }
     const { link, mode } = attachWithFallback(this.dp.program, ifname, ifindex, this.opts.xdpMode, this.info);
     try {
