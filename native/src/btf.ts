@@ -171,8 +171,16 @@ export function shapeText(s: Shape): string {
       return `enum ${s.name}`;
     case 'bytes':
       return `bytes[${s.size}]`;
-    case 'array':
-      return `${shapeText(s.elem)}[${s.count}/${s.stride}]`;
+    case 'array': {
+      // C order: the outermost dimension first (count/stride in bytes)
+      let dims = '';
+      let e: Shape = s;
+      while (e.kind === 'array') {
+        dims += `[${e.count}/${e.stride}]`;
+        e = e.elem;
+      }
+      return `${shapeText(e)}${dims}`;
+    }
     case 'struct':
       return `struct ${s.name}`;
   }

@@ -187,7 +187,7 @@ class Emitter {
 
   #globalsSection(): void {
     this.#line('');
-    this.#line(`/** The global variables of ${this.objName} (.rodata: \`const volatile\`), set between open and load. */`);
+    this.#line(`/** The global variables of ${this.objName} (.rodata: \`const volatile\`; .data; .bss), set between open and load. */`);
     this.#line('export interface Globals {');
     for (const g of this.#globals) {
       this.#line(`  /** ${g.name} (${g.section}): ${describe(g.shape)} */`);
@@ -227,7 +227,7 @@ class Emitter {
     this.#line(`const layoutEnums = [${eNames.map((n) => `'${n}'`).join(', ')}];`);
     this.#line(`/** Throw unless \`obj\` (opened or loaded) has the layouts this module was generated from. */`);
     this.#line('export function checkLayout(obj: xt.BpfObject): void {');
-    this.#line(`  xt.checkLayout(obj, 'the module generated from ${this.objName}', LAYOUT_SHA256, layoutStructs, layoutEnums);`);
+    this.#line(`  xt.checkLayout(obj, '${this.objName}', LAYOUT_SHA256, layoutStructs, layoutEnums);`);
     this.#line('}');
   }
 }
@@ -331,8 +331,15 @@ function describe(s: Shape): string {
       return `enum ${s.name}`;
     case 'bytes':
       return s.what.endsWith(']') ? s.what : `${s.what} (${s.size} bytes)`;
-    case 'array':
-      return `${describe(s.elem)}[${s.count}]`;
+    case 'array': {
+      let dims = '';
+      let e: Shape = s;
+      while (e.kind === 'array') {
+        dims += `[${e.count}]`;
+        e = e.elem;
+      }
+      return `${describe(e)}${dims}`;
+    }
     case 'struct':
       return `struct ${s.name}`;
   }

@@ -319,19 +319,19 @@ export function objectLayout(obj: BpfObject, structs: readonly string[], enums: 
 
 /**
  * Throw unless the object's BTF describes these structs and enums exactly as
- * the generated module saw them (`fingerprint`): the object and the module
- * come from the same source.
+ * the generated module saw them in `source` (`fingerprint`): the object and
+ * the module agree on every layout.
  */
-export function checkLayout(obj: BpfObject, module: string, fingerprint: string, structs: readonly string[], enums: readonly string[]): void {
-  const op = `checkLayout(${module})`;
+export function checkLayout(obj: BpfObject, source: string, fingerprint: string, structs: readonly string[], enums: readonly string[]): void {
+  const op = 'checkLayout';
   let got: string;
   try {
     got = layoutFingerprint(objectLayout(obj, structs, enums));
   } catch (e) {
     if (e instanceof BpfError) throw e;
-    throw new BpfError(op, Errno.EINVAL, `${obj.path}: ${(e as Error).message}; regenerate ${module} from this object`);
+    throw new BpfError(op, Errno.EINVAL, `${obj.path}: ${(e as Error).message}, unlike ${source} which the module was generated from: regenerate it`);
   }
   if (got !== fingerprint) {
-    throw new BpfError(op, Errno.EINVAL, `${obj.path} has layouts (${got.slice(0, 12)}…) other than those ${module} was generated from (${fingerprint.slice(0, 12)}…): regenerate it`);
+    throw new BpfError(op, Errno.EINVAL, `${obj.path} has layouts (${got.slice(0, 12)}…) other than ${source} (${fingerprint.slice(0, 12)}…), which the module was generated from: regenerate it`);
   }
 }

@@ -17,7 +17,7 @@ describe('BpfObject before load', () => {
       expect(obj.mapNames()).toEqual(
         expect.arrayContaining(['xtl_hash', 'xtl_stats', 'xtl_percpu', 'xtl_lpm', 'xtl_events', 'xtl_test.rodata', 'xtl_test.data', 'xtl_test.bss']),
       );
-      expect(obj.programNames().sort()).toEqual(['xtl_drop', 'xtl_prog']);
+      expect(obj.programNames().sort()).toEqual(['xtl_drop', 'xtl_prog', 'xtl_record']);
     } finally {
       obj.close();
     }
