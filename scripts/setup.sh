@@ -18,11 +18,12 @@ if [ "$node_major" -lt "$MIN_NODE_MAJOR" ]; then
   exit 1
 fi
 
-# build and test: compilers, libbpf, network tools; dpkg-dev, systemd (systemd-analyze,
-# systemd-notify) and python3 (a notify-socket peer) for the packaging tests
+# build and test: compilers, libbpf, network tools; for the packaging tests dpkg-dev,
+# systemd (systemd-analyze, systemd-notify), systemd-container (systemd-nspawn boots the
+# installed unit) and python3 (a notify-socket peer)
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config cmake make g++
           bpftool iproute2 iptables nftables linux-perf
-          dpkg-dev systemd python3)
+          dpkg-dev systemd systemd-container python3)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

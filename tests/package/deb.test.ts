@@ -3,7 +3,9 @@
  * dependency checks on, `connrate --version` from /usr/bin, the installed unit
  * scored by `systemd-analyze security`, the installed daemon run with exactly the
  * unit's capabilities (it must load, attach, report readiness on $NOTIFY_SOCKET
- * and take `system update rule`), then `dpkg --purge`: the machine is left as it was.
+ * and take `system update rule`), the installed unit booted by systemd in a
+ * container (systemd-nspawn over this machine's /usr: the sandbox, readiness,
+ * reload and the journal for real), then `dpkg --purge`: the machine is left as it was.
  *
  * nodejs (>= 20) is a real dependency. Where dpkg knows a nodejs >= 20 (Debian
  * trixie, NodeSource's packages) the package installs against it. Where Node.js
@@ -231,6 +233,78 @@ describe('connrate .deb', () => {
     expect(sh('ip', ['-n', ns, '-j', 'link', 'show', 'v0']).stdout).toMatch(/"xdp"/);
   });
 
+  it('under systemd (a container booting the installed unit): ready, reloads, one journal line per limited source at warning/auth', async () => {
+    // systemd-nspawn --volatile=yes: a tmpfs root with this machine's /usr read-only, so
+    // the installed package and unit, and nothing written back; bpffs bound in.
+    const machine = `crsd${process.pid}`.slice(0, 11);
+    const hostVeth = `ve-${machine}`;
+    const srcNs = `${machine}src`;
+    const pinDir = `/sys/fs/bpf/connrate-nspawn-${process.pid}`;
+    const dropIn = join(work, 'connrate.service.d');
+    mkdirSync(dropIn);
+    // only the pin location differs from the installed unit: this machine's bpffs is shared
+    writeFileSync(join(dropIn, 'test.conf'), `[Service]\nEnvironment=CONNRATE_PIN_DIR=${pinDir}\n`);
+    const nspawn = spawn('systemd-nspawn', ['--quiet', '--directory=/', '--volatile=yes', '--register=no', '--keep-unit', `--machine=${machine}`,
+      '--network-veth', `--capability=${UNIT_CAPS.map((c) => `CAP_${c.toUpperCase()}`).join(',')}`, '--system-call-filter=bpf',
+      '--bind=/sys/fs/bpf', `--bind-ro=${dropIn}:/etc/systemd/system/connrate.service.d`, '--console=pipe', '-b', 'systemd.unit=connrate.service'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+    let console_ = '';
+    nspawn.stdout!.on('data', (b: Buffer) => (console_ += b.toString()));
+    nspawn.stderr!.on('data', (b: Buffer) => (console_ += b.toString()));
+    let init = 0;
+    const inside = (args: string[]): SpawnSyncReturns<string> => sh('nsenter', ['-t', String(init), '-m', '-u', '-i', '-n', '-p', ...args]);
+    try {
+      await until(() => {
+        const children = existsSync(`/proc/${nspawn.pid}/task/${nspawn.pid}/children`) ? readFileSync(`/proc/${nspawn.pid}/task/${nspawn.pid}/children`, 'utf8').trim() : '';
+        init = Number(children.split(' ')[0] || 0);
+        return init > 0 && sh('nsenter', ['-t', String(init), '-n', 'ip', 'link', 'show', 'host0']).status === 0 || nspawn.exitCode !== null;
+      }, 'the container', 60_000);
+      expect(nspawn.exitCode, console_).toBeNull();
+      // the appliance side: host0 with a default route; the sender in a netns of its own
+      ok(sh('nsenter', ['-t', String(init), '-n', 'ip', 'addr', 'add', '198.18.251.1/24', 'dev', 'host0']), 'host0 address');
+      ok(sh('nsenter', ['-t', String(init), '-n', 'ip', 'link', 'set', 'host0', 'up']), 'host0 up');
+      ok(sh('nsenter', ['-t', String(init), '-n', 'ip', 'route', 'add', 'default', 'via', '198.18.251.2']), 'default route');
+      for (const cmd of [['netns', 'add', srcNs], ['link', 'set', hostVeth, 'netns', srcNs], ['-n', srcNs, 'addr', 'add', '198.18.251.2/24', 'dev', hostVeth],
+        ['-n', srcNs, 'addr', 'add', '198.18.252.2/24', 'dev', hostVeth], ['-n', srcNs, 'link', 'set', hostVeth, 'up']]) {
+        ok(sh('ip', cmd), `ip ${cmd.join(' ')}`);
+      }
+      const show = (prop: string): string => inside(['systemctl', 'show', '-p', prop, '--value', 'connrate.service']).stdout.trim();
+      await until(() => /running on host0/.test(show('StatusText')) || show('ActiveState') === 'failed', 'connrate.service to report running on host0', 120_000);
+      const status = inside(['systemctl', 'status', '--no-pager', '--lines=0', 'connrate.service']).stdout;
+      console.log(`$ systemctl status connrate   # in the container\n${status}`);
+      expect(show('ActiveState'), inside(['journalctl', '-u', 'connrate', '--no-pager']).stdout).toBe('active');
+      expect(show('StatusText')).toMatch(/^running on host0 \((native|generic)\)$/);
+
+      const reload = inside(['systemctl', 'reload', 'connrate.service']);
+      ok(reload, 'systemctl reload connrate');
+      const score = inside(['systemd-analyze', 'security', '--no-pager', 'connrate.service']).stdout.match(/Overall exposure level for connrate\.service: (\d+\.\d+)/);
+      expect(Number(score?.[1])).toBeLessThanOrEqual(MAX_EXPOSURE);
+
+      // ten new UDP flows from a source behind the default route: the burst passes, then one log line
+      ok(sh('ip', ['netns', 'exec', srcNs, 'node', '-e', UDP_FLOWS, '198.18.252.2', '198.18.251.1', '1194', '10']), 'udp flows');
+      const journal = (): { MESSAGE: string; PRIORITY: string; SYSLOG_FACILITY: string; SYSLOG_IDENTIFIER: string }[] =>
+        inside(['journalctl', '-u', 'connrate.service', '-o', 'json', '--no-pager']).stdout.trim().split('\n').filter(Boolean)
+          .map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string; SYSLOG_FACILITY: string; SYSLOG_IDENTIFIER: string })
+          .filter((e) => /RATE-LIMIT/.test(e.MESSAGE));
+      await until(() => journal().length > 0, 'the block-log line in the journal');
+      await new Promise((r) => setTimeout(r, 1000)); // a duplicate through syslog would arrive within this
+      const lines = journal();
+      console.log(`journal: ${JSON.stringify(lines.map(({ MESSAGE, PRIORITY, SYSLOG_FACILITY, SYSLOG_IDENTIFIER }) => ({ MESSAGE, PRIORITY, SYSLOG_FACILITY, SYSLOG_IDENTIFIER })))}`);
+      expect(lines.map((e) => ({ m: e.MESSAGE, p: e.PRIORITY, f: e.SYSLOG_FACILITY, id: e.SYSLOG_IDENTIFIER }))).toEqual([
+        { m: 'RATE-LIMIT DROP src=198.18.252.2 dport=1194 proto=udp rate=20/min burst=5', p: '4', f: '4', id: 'connrate' },
+      ]);
+    } finally {
+      if (init) {
+        inside(['systemctl', 'stop', 'connrate.service']);
+        inside(['env', `CONNRATE_PIN_DIR=${pinDir}`, '/usr/bin/connrate', 'detach']);
+      }
+      nspawn.kill('SIGTERM');
+      if (nspawn.exitCode === null) await new Promise((r) => nspawn.once('exit', r));
+      sh('ip', ['netns', 'del', srcNs]);
+      rmSync(pinDir, { recursive: true, force: true });
+    }
+  });
+
   it('purges cleanly; removing the package detaches the datapath', () => {
     expect(existsSync(`${PIN_DIR}/maps`)).toBe(true);
     const r = sh('dpkg', ['--purge', 'connrate'], { env: purgeEnv() });
@@ -242,6 +316,20 @@ describe('connrate .deb', () => {
     expect(sh('ip', ['-n', NS, '-j', 'link', 'show', 'v0']).stdout).not.toMatch(/"xdp"/);
   });
 });
+
+/** argv: source address, destination, port, count: one datagram from a new socket (a new flow) each. */
+const UDP_FLOWS = `
+const dgram = require('node:dgram');
+const [src, dst, port, count] = process.argv.slice(1);
+(async () => {
+  for (let i = 0; i < Number(count); i++) {
+    const s = dgram.createSocket('udp4');
+    await new Promise((r) => s.bind({ address: src }, r));
+    await new Promise((r) => s.send('x', Number(port), dst, r));
+    s.close();
+  }
+})();
+`;
 
 const NOTIFY_RECEIVER = `
 import os, socket, sys
