@@ -195,7 +195,7 @@ describe('connrate .deb', () => {
   it('the installed daemon runs with only the unit\'s capabilities: loads, attaches, reports READY=1, reloads', async () => {
     const ns = NS;
     const socket = join(work, 'notify.sock');
-    const env = { ...process.env, CONNRATE_STORE: join(work, 'store', 'extc.json'), CONNRATE_PIN_DIR: PIN_DIR, NOTIFY_SOCKET: socket };
+    const env: NodeJS.ProcessEnv = { ...process.env, CONNRATE_STORE: join(work, 'store', 'extc.json'), CONNRATE_PIN_DIR: PIN_DIR, NOTIFY_SOCKET: socket };
     delete env['JOURNAL_STREAM'];
     // exactly the unit's bounding set, in a netns with a veth carrying a default route
     const asUnit = (args: string[]): string[] => ['--net=/run/netns/' + ns, 'setpriv', `--bounding-set=-all,${UNIT_CAPS.map((c) => `+${c}`).join(',')}`, '/usr/bin/connrate', ...args];
