@@ -165,9 +165,14 @@ try {
     '',
   ].join('\n');
   write('/DEBIAN/control', control);
+  // not enabled on install (the admin configures first); an upgrade restarts a running
+  // daemon, which adopts the pinned datapath
   write('/DEBIAN/postinst', maintainerScript('postinst', `
 if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload || true
+  if [ -n "$2" ]; then
+    systemctl try-restart connrate.service || true
+  fi
 fi`), 0o755);
   write('/DEBIAN/prerm', maintainerScript('prerm', `
 # Removing the package stops limiting: stop the service, then detach the pinned
