@@ -9,8 +9,21 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# Node.js comes first: connrate needs 20 or newer, and Debian 12's own nodejs is 18.
+MIN_NODE_MAJOR=20
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt "$MIN_NODE_MAJOR" ]; then
+  echo "setup: connrate needs Node.js $MIN_NODE_MAJOR or newer; found $(node --version 2>/dev/null || echo none)." >&2
+  echo "setup: Debian 12's nodejs package is 18: install Node.js $MIN_NODE_MAJOR+ (e.g. NodeSource's nodejs package, or Debian 13's) and run this again." >&2
+  exit 1
+fi
+
+# build and test: compilers, libbpf, network tools; for the packaging tests dpkg-dev,
+# systemd (systemd-analyze, systemd-notify), systemd-container (systemd-nspawn boots the
+# installed unit) and python3 (a notify-socket peer)
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config cmake make g++
-          bpftool iproute2 iptables nftables linux-perf)
+          bpftool iproute2 iptables nftables linux-perf
+          dpkg-dev systemd systemd-container python3)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

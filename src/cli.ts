@@ -4,12 +4,13 @@
  * Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed),
  * 3 no datapath running.
  */
+import { readFileSync } from 'node:fs';
 import { BpfError } from '@xdp-ts/loader';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { Store } from './config/store.js';
 import { APPLICATION, VARIABLES, checkApplication } from './config/variables.js';
 import { COUNTER_NAMES, type Stats, detach, readStats, stats, status, top, updateRule } from './control/commands.js';
-import { Daemon, type XdpModeChoice } from './control/daemon.js';
+import { Daemon, type XdpModeChoice, notifyReady } from './control/daemon.js';
 import { Datapath } from './control/datapath.js';
 import { DEFAULT_METRICS, parseListen } from './control/metrics.js';
 import { PinDir } from './control/pins.js';
@@ -17,6 +18,8 @@ import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
 
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
+/** The version of the installed package (package.json next to dist/). */
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 /** Smallest map a daemon accepts: below this an LRU map evicts constantly. */
 const MIN_MAP_ENTRIES = 1024;
 
@@ -94,6 +97,7 @@ function statsRates(prev: Stats, cur: Stats, seconds: number): Record<string, nu
 
 export function buildProgram(): Command {
   const program = new Command('connrate')
+    .version(VERSION)
     .description('Per-source connection-rate limiting in XDP (SPEC: CONNECTION_RATE_LIMIT_*)')
     .addHelpText('after', `
 Environment:
@@ -170,7 +174,9 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath runnin
           throw err;
         }
       }
-      out(`connrate: running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}`);
+      const running = `running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}`;
+      out(`connrate: ${running}`);
+      notifyReady(running, out);
       const stop = (sig: string): void => {
         out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
         void d.stop().then(() => process.exit(EXIT.OK));

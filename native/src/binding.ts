@@ -97,23 +97,25 @@ export interface Native {
   ringRef(r: RingHandle, ref: boolean): void;
 }
 
+/**
+ * The addon is built into <package>/build/Release by the package's install step
+ * (`cmake-js compile`, run by `npm install`) or by the build of an application
+ * that includes this package's CMakeLists.txt; XDP_TS_LOADER_BINARY overrides it.
+ */
 function locate(): string {
   const fromEnv = process.env['XDP_TS_LOADER_BINARY'];
   if (fromEnv) return resolve(fromEnv);
-  // This file lives in <native>/src (tests) or <native>/dist (compiled).
-  const nativeDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-  const candidates = [
-    join(nativeDir, 'build', 'Release', 'xdp_ts_loader.node'),
-    join(nativeDir, '..', 'build', 'Release', 'xdp_ts_loader.node'),
-  ];
-  const found = candidates.find((p) => existsSync(p));
-  if (!found) {
+  // This file lives in <package>/src (tests) or <package>/dist (compiled).
+  const packageDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+  const path = join(packageDir, 'build', 'Release', 'xdp_ts_loader.node');
+  if (!existsSync(path)) {
     throw new Error(
-      `@xdp-ts/loader: native addon not built; looked in ${candidates.join(', ')} ` +
-        '(build it with `npx cmake-js compile`, or set XDP_TS_LOADER_BINARY)',
+      `@xdp-ts/loader: native addon not built: ${path} is missing ` +
+        `(build it with \`npx cmake-js compile\` in ${packageDir}; it needs libbpf-dev, pkg-config, cmake and a C++ compiler), ` +
+        'or set XDP_TS_LOADER_BINARY',
     );
   }
-  return found;
+  return path;
 }
 
 export const binaryPath: string = locate();

@@ -3,6 +3,7 @@
  * addresses and routes in sync, turn events into log lines. The datapath stays
  * attached when the daemon exits or crashes; `connrate detach` removes it.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { BpfError, Link, type Program, RingBufferReader, ifIndex } from '@xdp-ts/loader';
@@ -184,6 +185,23 @@ export class Daemon {
     this.dp.close();
     this.lock.release();
     this.#stop();
+  }
+}
+
+/**
+ * Tell systemd the service is up (Type=notify) when it started us: systemd-notify(1)
+ * sends READY=1 to $NOTIFY_SOCKET and waits until the manager has taken it, so the
+ * unit needs NotifyAccess=all (the message comes from a child). Without
+ * $NOTIFY_SOCKET it does nothing. A failure is reported and not fatal: systemd then
+ * times the start out, which says more than a daemon that exits.
+ */
+export function notifyReady(status: string, info: (line: string) => void): void {
+  if (!process.env.NOTIFY_SOCKET) return;
+  try {
+    execFileSync('systemd-notify', ['--ready', `--status=${status}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
+    info(`connrate: systemd-notify --ready failed: ${stderr || (err as Error).message}`);
   }
 }
 
