@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ENGINES, REFERENCE } from './engines.js';
+import { ALL_ENGINES } from './engines.js';
 import { wireFrame } from './frames.js';
 import { REWRITE, SCENARIOS } from './scenarios.js';
 import { NET, Topology } from './topology.js';
@@ -21,9 +21,9 @@ const { values: a } = parseArgs({
   options: { scenario: { type: 'string' }, engine: { type: 'string', default: 'connrate' }, seconds: { type: 'string', default: '5' }, top: { type: 'string', default: '30' } },
 });
 const sc = SCENARIOS.find((s) => s.name === a.scenario);
-const engine = [...ENGINES, REFERENCE].find((e) => e.name === a.engine);
+const engine = ALL_ENGINES.find((e) => e.name === a.engine);
 if (!sc || !engine) {
-  process.stderr.write(`usage: npm run bench:profile -- --scenario ${SCENARIOS.map((s) => s.name).join('|')} [--engine ${[...ENGINES, REFERENCE].map((e) => e.name).join('|')}] [--seconds S]\n`);
+  process.stderr.write(`usage: npm run bench:profile -- --scenario ${SCENARIOS.map((s) => s.name).join('|')} [--engine ${ALL_ENGINES.map((e) => e.name).join('|')}] [--seconds S]\n`);
   process.exit(2);
 }
 const seconds = Number(a.seconds);

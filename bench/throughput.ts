@@ -1,10 +1,23 @@
 /**
- * Mpps of one engine on one scenario: a fresh appliance namespace, the engine
- * on crbd, the generator flooding for `seconds`; the rate is what the engine's
- * own counters saw, divided by the generator's running time.
+ * One engine on one scenario, on a fresh appliance namespace:
+ *
+ * 1. saturation: the generator floods for `seconds`; Mpps is what the
+ *    engine's own counters saw, divided by the generator's running time;
+ * 2. (pass scenarios) a fixed load below saturation, `pace.pps` frames a
+ *    second: the receive CPU's ns per packet, from the CPU time of crbd's NAPI
+ *    thread (its schedstat) over the packets its XDP program ran on;
+ * 3. (pass scenarios) the same load with kernel.bpf_stats_enabled on: the
+ *    attached XDP program's own time, run_time_ns / run_cnt, in place.
+ *
+ * Step 2 runs with BPF statistics as they were (off unless someone turned them
+ * on), since their two clock reads a packet would count in the CPU time.
+ * The paced steps follow the flood, so every engine is measured in the state
+ * a flood leaves it in (conntrack, hashlimit and bucket tables filled).
  */
+import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Engine } from './engines.js';
+import { Program } from '@xdp-ts/loader';
+import type { Engine, EngineRun } from './engines.js';
 import { wireFrame } from './frames.js';
 import { pktgenCan, pktgenRun } from './pktgen.js';
 import { REWRITE, type Scenario } from './scenarios.js';
@@ -16,6 +29,7 @@ export interface Throughput {
   /** What the generator offered (frames it transmitted into the veth), Mpps. */
   offeredMpps: number;
   seen: number;
+  /** The generator's busy time (see bench/gen-worker.ts), s: the rates' denominator. */
   seconds: number;
   details?: Record<string, number>;
   /** Which generator made the traffic. */
@@ -23,7 +37,33 @@ export interface Throughput {
   note?: string;
 }
 
-export type GeneratorChoice = 'auto' | 'xdp' | 'pktgen';
+export interface Paced {
+  /** The fixed load offered (the generator's schedule), Mpps. */
+  offeredMpps: number;
+  /** Frames transmitted over the wall clock of the window, Mpps (lower: each generator call's set-up and teardown send nothing). */
+  wallMpps: number;
+  /** Packets crbd's XDP program ran on during the CPU-time window. */
+  packets: number;
+  /** Share of the offered frames that never reached XDP (ring full: the load was not below saturation). */
+  lost: number;
+  /** Receive-CPU ns per packet: the NAPI thread's CPU time / packets. */
+  rxNsPerPacket: number;
+  /** The attached XDP program's run_time_ns / run_cnt (kernel.bpf_stats_enabled), ns. */
+  progNsPerPacket: number;
+  progRuns: number;
+}
+
+export interface Measurement {
+  saturation: Throughput;
+  paced?: Paced;
+}
+
+export interface MeasureOptions {
+  seconds: number;
+  usePktgen?: boolean;
+  /** Below-saturation measurement: offered frames a second, seconds of CPU time, seconds of program time. */
+  pace?: { pps: number; seconds: number; statsSeconds: number };
+}
 
 /** Answers the first datagram on the UDP port, then closes: the flow is now a reply-seen one. */
 const PRIMER = `
@@ -33,7 +73,54 @@ s.bind(Number(process.argv[1]), () => console.log('ready'));
 setTimeout(() => process.exit(1), 10000);
 `;
 
-export async function measureThroughput(t: Topology, sc: Scenario, engine: Engine, seconds: number, usePktgen = false): Promise<Throughput> {
+const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
+/** After a run: the veth ring drains into the engine before its counters are read. */
+const DRAIN_MS = 100;
+
+/** Run `fn` with kernel.bpf_stats_enabled = 1, then put back what was there. */
+async function withBpfStats<T>(fn: () => Promise<T>): Promise<T> {
+  const before = readFileSync(BPF_STATS, 'utf8').trim();
+  writeFileSync(BPF_STATS, '1');
+  try {
+    return await fn();
+  } finally {
+    writeFileSync(BPF_STATS, before);
+  }
+}
+
+async function paced(t: Topology, run: EngineRun, base: Record<string, unknown>, pace: NonNullable<MeasureOptions['pace']>): Promise<Paced> {
+  const a0 = run.arrived();
+  const c0 = t.napiCpuNs();
+  const r = await t.gen.request({ cmd: 'pace', ...base, pps: pace.pps, seconds: pace.seconds });
+  await sleep(DRAIN_MS);
+  const cpu = Number(t.napiCpuNs() - c0);
+  const packets = Number(run.arrived() - a0);
+  if (packets === 0) throw new Error('paced run: no packet reached the XDP program');
+
+  const prog = Program.fromId(t.dutProgId());
+  try {
+    const { runs, ns } = await withBpfStats(async () => {
+      const i0 = prog.info();
+      await t.gen.request({ cmd: 'pace', ...base, pps: pace.pps, seconds: pace.statsSeconds });
+      await sleep(DRAIN_MS);
+      const i1 = prog.info();
+      return { runs: Number(i1.runCount - i0.runCount), ns: Number(i1.runTimeNs - i0.runTimeNs) };
+    });
+    return {
+      offeredMpps: pace.pps / 1e6,
+      wallMpps: r.frames! / (r.elapsedNs! / 1e9) / 1e6,
+      packets,
+      lost: Math.max(0, 1 - packets / r.frames!),
+      rxNsPerPacket: cpu / packets,
+      progNsPerPacket: runs ? ns / runs : NaN,
+      progRuns: runs,
+    };
+  } finally {
+    prog.close();
+  }
+}
+
+export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: MeasureOptions): Promise<Measurement> {
   const dut = await t.createDut();
   const run = engine.setup(t);
   try {
@@ -47,24 +134,24 @@ export async function measureThroughput(t: Topology, sc: Scenario, engine: Engin
     }
     const s0 = run.seen();
     const d0 = run.details?.();
-    let r: { frames?: number; elapsedNs?: number } | undefined;
+    let r: { frames?: number; elapsedNs?: number; busyNs?: number } | undefined;
     let generator: Throughput['generator'] = 'bpf-live-frames';
     let note: string | undefined;
-    if (usePktgen && pktgenCan(sc.spec, sc.rewrite)) {
+    if (opts.usePktgen && pktgenCan(sc.spec, sc.rewrite)) {
       try {
-        r = await pktgenRun(sc.spec, sc.rewrite, dut.dutMac, t.genCpu, seconds);
+        r = await pktgenRun(sc.spec, sc.rewrite, dut.dutMac, t.genCpu, opts.seconds);
         generator = 'pktgen';
       } catch (e) {
         note = `pktgen failed (${(e as Error).message}); used the XDP generator`;
       }
     }
-    r ??= await t.gen.request({ cmd: 'run', ...base, seconds });
-    await sleep(100); // the veth ring drains
+    r ??= await t.gen.request({ cmd: 'run', ...base, seconds: opts.seconds });
+    await sleep(DRAIN_MS);
     const seen = Number(run.seen() - s0);
     const d1 = run.details?.();
-    const secs = r.elapsedNs! / 1e9;
+    const secs = (r.busyNs ?? r.elapsedNs!) / 1e9;
     const details = d0 && d1 ? Object.fromEntries(Object.entries(d1).map(([k, v]) => [k, v - (d0[k] ?? 0)])) : undefined;
-    return {
+    const saturation: Throughput = {
       mpps: seen / secs / 1e6,
       offeredMpps: r.frames! / secs / 1e6,
       seen,
@@ -73,6 +160,7 @@ export async function measureThroughput(t: Topology, sc: Scenario, engine: Engin
       ...(details ? { details } : {}),
       ...(note ? { note } : {}),
     };
+    return { saturation, ...(opts.pace ? { paced: await paced(t, run, base, opts.pace) } : {}) };
   } finally {
     run.close();
     await t.destroyDut();
