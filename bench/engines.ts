@@ -270,14 +270,8 @@ export const ENGINES: readonly Engine[] = [
         seen: iptablesSeen,
         arrived: pass.seen,
         details: () => ({ xdp_passed: Number(pass.seen()) }),
-        close: () => {
-          for (const cmd of ['iptables', 'ip6tables']) {
-            trySh(['ip', 'netns', 'exec', NET.dutNs, cmd, '-D', 'INPUT', '-j', 'CRB_IN']);
-            trySh(['ip', 'netns', 'exec', NET.dutNs, cmd, '-F', 'CRB_IN']);
-            trySh(['ip', 'netns', 'exec', NET.dutNs, cmd, '-X', 'CRB_IN']);
-          }
-          pass.close();
-        },
+        // the rules go with crb-dut, which every measurement deletes
+        close: () => pass.close(),
       };
     },
   },
@@ -296,10 +290,7 @@ export const ENGINES: readonly Engine[] = [
         seen: nftSeen,
         arrived: pass.seen,
         details: () => ({ xdp_passed: Number(pass.seen()) }),
-        close: () => {
-          trySh(['ip', 'netns', 'exec', NET.dutNs, 'nft', 'delete', 'table', 'inet', 'crb']);
-          pass.close();
-        },
+        close: () => pass.close(), // the table goes with crb-dut
       };
     },
   },

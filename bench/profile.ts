@@ -49,7 +49,8 @@ try {
     const r = await t.gen.request({ cmd: 'run', dev: NET.genIf, frame, rewrite: REWRITE[sc.rewrite], seconds });
     const seen = Number(run.seen() - s0);
     await done;
-    console.log(`${sc.name} / ${engine.name}: ${(seen / (r.elapsedNs! / 1e9) / 1e6).toFixed(3)} Mpps seen, ${(r.frames! / (r.elapsedNs! / 1e9) / 1e6).toFixed(2)} Mpps offered`);
+    const busy = (r.busyNs ?? r.elapsedNs!) / 1e9;
+    console.log(`${sc.name} / ${engine.name}: ${(seen / busy / 1e6).toFixed(3)} Mpps seen, ${(r.frames! / busy / 1e6).toFixed(2)} Mpps offered`);
     const rep = spawnSync('perf', ['report', '-i', data, '--no-children', '--sort', 'symbol', '--percent-limit', '0.5', '-g', 'none', '--stdio'], { encoding: 'utf8' });
     if (process.env.CRB_PERF_KEEP) spawnSync('cp', [data, process.env.CRB_PERF_KEEP]);
     console.log(rep.stdout.split('\n').filter((l) => l.includes('%')).slice(0, Number(a.top)).join('\n'));

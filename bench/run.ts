@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cleanupDaemonLeftovers, measureControlPlane } from './control-plane.js';
 import { measureCost } from './cost.js';
-import { ENGINES, REFERENCE_FOR, REFERENCES, engineRules, type Engine } from './engines.js';
+import { ALL_ENGINES, ENGINES, REFERENCE_FOR, REFERENCES, engineRules, type Engine } from './engines.js';
 import { pktgenAvailable } from './pktgen.js';
 import { median, ratioStat, spread, svgChart, textReport, toJson, type Machine, type Results, type ScenarioResult, type Spread } from './report.js';
 import { SCENARIOS, type Scenario } from './scenarios.js';
@@ -29,6 +29,7 @@ const USAGE = `usage: npm run bench [-- options]
   --quick                 short rounds (a couple of minutes on 2 cores)
   --out FILE.json         write the results (JSON) and FILE.svg (the chart)
   --scenario NAME         only this scenario (repeatable): ${SCENARIOS.map((s) => s.name).join(', ')}
+  --engine NAME           only this engine or reference (repeatable; the tables then have gaps)
   --generator G           auto (pktgen where the kernel has it and the traffic is UDP), xdp, pktgen
   --seconds S             seconds per saturation measurement (default 1 quick, 2 full)
   --rounds N              interleaved rounds, median kept (default 2 quick, 5 full)
@@ -41,6 +42,7 @@ const { values: args } = parseArgs({
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     scenario: { type: 'string', multiple: true },
+    engine: { type: 'string', multiple: true },
     generator: { type: 'string', default: 'auto' },
     seconds: { type: 'string' },
     rounds: { type: 'string' },
@@ -62,17 +64,18 @@ if (args.help) {
   process.exit(0);
 }
 const quick = args.quick!;
-const seconds = args.seconds ? Number(args.seconds) : quick ? 1 : 2;
+const seconds = args.seconds ? Number(args.seconds) : quick ? 0.75 : 1.5;
 const rounds = args.rounds ? Number(args.rounds) : quick ? 2 : 5;
 const pacePps = Number(args['pace-kpps']) * 1000;
 /** Seconds of the paced CPU-time window, and of the program-time window after it. */
-const pace = { pps: pacePps, seconds: quick ? 0.5 : 1, statsSeconds: quick ? 0.25 : 0.5 };
+const pace = { pps: pacePps, seconds: quick ? 0.5 : 0.75, statsSeconds: quick ? 0.25 : 0.4 };
 if (!(seconds > 0 && seconds <= 60)) fail('--seconds must be in (0, 60]');
 if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 20)) fail('--rounds must be an integer 1..20');
 if (!(pacePps >= 1000 && pacePps <= 1e6)) fail('--pace-kpps must be in [1, 1000]');
 if (!['auto', 'xdp', 'pktgen'].includes(args.generator!)) fail('--generator must be auto, xdp or pktgen');
 const scenarios = args.scenario?.length ? SCENARIOS.filter((s) => args.scenario!.includes(s.name)) : SCENARIOS;
 for (const n of args.scenario ?? []) if (!SCENARIOS.some((s) => s.name === n)) fail(`unknown scenario ${n}`);
+for (const n of args.engine ?? []) if (!ALL_ENGINES.some((e) => e.name === n)) fail(`unknown engine ${n}: ${ALL_ENGINES.map((e) => e.name).join(', ')}`);
 if (process.getuid?.() !== 0) fail('run as root (netns, XDP, BPF_PROG_TEST_RUN, kernel.bpf_stats_enabled)');
 for (const f of ['build/bpf/connrate.bpf.o', 'build/bpf/xdp_noop.bpf.o', 'build/bpf/xdp_ref.bpf.o', 'build/bpf/bench_gen.bpf.o', 'dist/cli.js']) {
   if (!existsSync(fileURLToPath(new URL(`../${f}`, import.meta.url)))) fail(`${f} is missing: run npm run build first`);
@@ -140,7 +143,8 @@ const PACED_LOSS_NOTE = 0.01;
 /** The engines of a scenario: the three limiters, the parse-ip reference of its verdict, the no-touch one. */
 function enginesFor(sc: Scenario): Engine[] {
   const ref = REFERENCE_FOR[sc.verdict];
-  return [...ENGINES, REFERENCES[ref.parse], REFERENCES[ref.noTouch]];
+  const all = [...ENGINES, REFERENCES[ref.parse], REFERENCES[ref.noTouch]];
+  return args.engine?.length ? all.filter((e) => args.engine!.includes(e.name)) : all;
 }
 
 async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promise<ScenarioResult> {
@@ -160,21 +164,26 @@ async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promi
       if (m.saturation.note) notes.push(`${engine.name}: ${m.saturation.note}`);
       const p = m.paced;
       log(
-        `${sc.name} round ${i + 1}/${rounds} ${engine.name.padEnd(18)} ${m.saturation.mpps.toFixed(3)} Mpps` +
-          (p ? `; at ${p.offeredMpps.toFixed(3)} Mpps: ${p.rxNsPerPacket.toFixed(0)} ns/pkt receive CPU, ${p.progNsPerPacket.toFixed(1)} ns/pkt program` : ''),
+        `${sc.name} round ${i + 1}/${rounds} ${engine.name.padEnd(18)} ${m.saturation.mpps.toFixed(3)} Mpps/rx-CPU (${m.saturation.wallMpps.toFixed(3)} Mpps, rx CPU ${((m.saturation.rxCpuSeconds / m.saturation.seconds) * 100).toFixed(0)} %)` +
+          (p ? `; at ${p.offeredMpps.toFixed(3)} Mpps (${p.achievedMpps.toFixed(3)} achieved): ${p.rxNsPerPacket.toFixed(0)} ns/pkt receive CPU, ${p.progNsPerPacket.toFixed(1)} ns/pkt program` : '') +
+          ` (set-up ${m.overhead.setupS.toFixed(1)} s, teardown ${m.overhead.teardownS.toFixed(1)} s)`,
       );
     }
   }
-  const rows = (name: string): Measurement[] => runs.get(name)!;
+  const rows = (name: string): Measurement[] => runs.get(name) ?? [];
   const mppsOf = (name: string): number[] => rows(name).map((m) => m.saturation.mpps);
   const mpps: ScenarioResult['mpps'] = {};
   const spreads: Record<string, Spread> = {};
   const offered: Record<string, number> = {};
+  const wall: Record<string, number> = {};
+  const rxShare: Record<string, number> = {};
   for (const e of engines) {
     const xs = mppsOf(e.name);
     if (e.name !== ref.noTouch) mpps[e.name] = median(xs);
     spreads[e.name] = spread(xs);
     offered[e.name] = median(rows(e.name).map((m) => m.saturation.offeredMpps));
+    wall[e.name] = median(rows(e.name).map((m) => m.saturation.wallMpps));
+    rxShare[e.name] = median(rows(e.name).map((m) => m.saturation.rxCpuSeconds / m.saturation.seconds));
     const rs = rows(e.name);
     const passed = rs.map((m) => m.saturation.details?.xdp_passed).filter((x): x is number => x !== undefined);
     const seen = rs.map((m) => m.saturation.seen);
@@ -200,12 +209,14 @@ async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promi
       connrate_vs_reference: ratioStat(mppsOf('connrate'), mppsOf(ref.parse)),
       connrate_vs_iptables: ratioStat(mppsOf('connrate'), mppsOf('iptables-hashlimit')),
     },
-    reference_mpps: { [ref.noTouch]: median(mppsOf(ref.noTouch)) },
+    ...(runs.has(ref.noTouch) ? { reference_mpps: { [ref.noTouch]: median(mppsOf(ref.noTouch)) } } : {}),
     ns_per_packet: {},
     harness_ns_per_packet: NaN,
     what: sc.what,
     generator: [...generators].join('+'),
     offered_mpps: offered,
+    mpps_wall: wall,
+    rx_cpu_share: rxShare,
     ...(verdicts ? { connrate_verdicts: verdicts } : {}),
   };
   if (sc.verdict === 'pass') {
@@ -219,13 +230,14 @@ async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promi
       prog[e.name] = median(ps.map((p) => p.progNsPerPacket));
     }
     row.paced_offered_mpps = median(engines.flatMap((e) => rows(e.name).map((m) => m.paced!.offeredMpps)));
+    row.paced_achieved_mpps = Object.fromEntries(engines.map((e) => [e.name, median(rows(e.name).map((m) => m.paced!.achievedMpps))]));
     row.rx_ns_per_packet = rx;
     row.rx_ns_spread = rxSpread;
     row.prog_ns_per_packet = prog;
   }
   if (!args['skip-cost']) {
     log(`${sc.name}: ns/packet (BPF_PROG_TEST_RUN)`);
-    const { harness, ...ns } = measureCost(sc, { rounds: quick ? 3 : 7, repeat: 1 << 20 });
+    const { harness, ...ns } = measureCost(sc, { rounds: quick ? 3 : 5, repeat: 1 << 20 });
     row.ns_per_packet = ns;
     row.harness_ns_per_packet = harness;
     log(`${sc.name}: ns/packet ${Object.entries(ns).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')} (harness ${harness.toFixed(1)})`);

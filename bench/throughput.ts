@@ -2,7 +2,8 @@
  * One engine on one scenario, on a fresh appliance namespace:
  *
  * 1. saturation: the generator floods for `seconds`; Mpps is what the
- *    engine's own counters saw, divided by the generator's running time;
+ *    engine's own counters saw, divided by the CPU time crbd's NAPI thread
+ *    ran (and, as `wallMpps`, by the generator's running time);
  * 2. (pass scenarios) a fixed load below saturation, `pace.pps` frames a
  *    second: the receive CPU's ns per packet, from the CPU time of crbd's NAPI
  *    thread (its schedstat) over the packets its XDP program ran on;
@@ -24,13 +25,22 @@ import { REWRITE, type Scenario } from './scenarios.js';
 import { NET, type Topology } from './topology.js';
 
 export interface Throughput {
-  /** Packets per second the engine handled, in millions. */
+  /**
+   * Millions of packets the engine handled per second of receive CPU: its
+   * own counters over the CPU time crbd's NAPI thread ran. At saturation that
+   * thread runs whenever it gets the CPU, so this is the rate of a receive CPU
+   * of its own, whatever else the machine runs.
+   */
   mpps: number;
-  /** What the generator offered (frames it transmitted into the veth), Mpps. */
+  /** The same packets over the generator's busy time: the rate this machine gave, sharing its CPUs. */
+  wallMpps: number;
+  /** What the generator offered (frames it transmitted into the veth) over its busy time, Mpps. */
   offeredMpps: number;
   seen: number;
-  /** The generator's busy time (see bench/gen-worker.ts), s: the rates' denominator. */
+  /** The generator's busy time (see bench/gen-worker.ts), s. */
   seconds: number;
+  /** CPU time of crbd's NAPI thread during the run, s. */
+  rxCpuSeconds: number;
   details?: Record<string, number>;
   /** Which generator made the traffic. */
   generator: 'bpf-live-frames' | 'pktgen';
@@ -40,8 +50,12 @@ export interface Throughput {
 export interface Paced {
   /** The fixed load offered (the generator's schedule), Mpps. */
   offeredMpps: number;
-  /** Frames transmitted over the wall clock of the window, Mpps (lower: each generator call's set-up and teardown send nothing). */
-  wallMpps: number;
+  /**
+   * Frames transmitted over the wall clock of the window, Mpps: lower than
+   * offered when the generator lost its CPU to others (it does not catch up
+   * after a gap) and during each generator call's set-up and teardown.
+   */
+  achievedMpps: number;
   /** Packets crbd's XDP program ran on during the CPU-time window. */
   packets: number;
   /** Share of the offered frames that never reached XDP (ring full: the load was not below saturation). */
@@ -56,6 +70,8 @@ export interface Paced {
 export interface Measurement {
   saturation: Throughput;
   paced?: Paced;
+  /** Wall-clock seconds of the steps around the measurement (set-up: namespace and engine; teardown). */
+  overhead: { setupS: number; teardownS: number };
 }
 
 export interface MeasureOptions {
@@ -108,7 +124,7 @@ async function paced(t: Topology, run: EngineRun, base: Record<string, unknown>,
     });
     return {
       offeredMpps: pace.pps / 1e6,
-      wallMpps: r.frames! / (r.elapsedNs! / 1e9) / 1e6,
+      achievedMpps: r.frames! / (r.elapsedNs! / 1e9) / 1e6,
       packets,
       lost: Math.max(0, 1 - packets / r.frames!),
       rxNsPerPacket: cpu / packets,
@@ -121,8 +137,10 @@ async function paced(t: Topology, run: EngineRun, base: Record<string, unknown>,
 }
 
 export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: MeasureOptions): Promise<Measurement> {
+  const t0 = performance.now();
   const dut = await t.createDut();
   const run = engine.setup(t);
+  const overhead = { setupS: (performance.now() - t0) / 1000, teardownS: NaN };
   try {
     const frame = wireFrame(sc.spec, dut.genMac, dut.dutMac).toString('hex');
     const base = { dev: NET.genIf, frame, rewrite: REWRITE[sc.rewrite] };
@@ -134,6 +152,7 @@ export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: M
     }
     const s0 = run.seen();
     const d0 = run.details?.();
+    const c0 = t.napiCpuNs();
     let r: { frames?: number; elapsedNs?: number; busyNs?: number } | undefined;
     let generator: Throughput['generator'] = 'bpf-live-frames';
     let note: string | undefined;
@@ -149,20 +168,25 @@ export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: M
     await sleep(DRAIN_MS);
     const seen = Number(run.seen() - s0);
     const d1 = run.details?.();
+    const cpu = Number(t.napiCpuNs() - c0) / 1e9;
     const secs = (r.busyNs ?? r.elapsedNs!) / 1e9;
     const details = d0 && d1 ? Object.fromEntries(Object.entries(d1).map(([k, v]) => [k, v - (d0[k] ?? 0)])) : undefined;
     const saturation: Throughput = {
-      mpps: seen / secs / 1e6,
+      mpps: seen / cpu / 1e6,
+      wallMpps: seen / secs / 1e6,
       offeredMpps: r.frames! / secs / 1e6,
       seen,
       seconds: secs,
+      rxCpuSeconds: cpu,
       generator,
       ...(details ? { details } : {}),
       ...(note ? { note } : {}),
     };
-    return { saturation, ...(opts.pace ? { paced: await paced(t, run, base, opts.pace) } : {}) };
+    return { saturation, ...(opts.pace ? { paced: await paced(t, run, base, opts.pace) } : {}), overhead };
   } finally {
+    const t1 = performance.now();
     run.close();
     await t.destroyDut();
+    overhead.teardownS = (performance.now() - t1) / 1000;
   }
 }
