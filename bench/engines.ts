@@ -76,14 +76,24 @@ export interface Engine {
 
 const OBJ = (name: string): string => fileURLToPath(new URL(`../build/bpf/${name}.bpf.o`, import.meta.url));
 
-function sumPerCpu(map: BpfMap, indexes: readonly number[] = [0]): bigint {
+/** The sum over `indexes` of a per-CPU u64 array, over every CPU but `skipCpu`. */
+function sumPerCpu(map: BpfMap, indexes: readonly number[] = [0], skipCpu = -1): bigint {
   let n = 0n;
   for (const i of indexes) {
     const key = Buffer.alloc(4);
     key.writeUInt32LE(i);
-    for (const v of map.lookupPerCpu(key) ?? []) n += v.readBigUInt64LE(0);
+    (map.lookupPerCpu(key) ?? []).forEach((v, cpu) => {
+      if (cpu !== skipCpu) n += v.readBigUInt64LE(0);
+    });
   }
   return n;
+}
+
+interface Counting {
+  seen(): bigint;
+  /** Packets the program ran on elsewhere than the receive CPU (its NAPI thread is pinned there: expected 0). */
+  offRxCpu(): bigint;
+  close(): void;
 }
 
 /** Pin `prog`, attach it to crbd through the pin, drop the pin (the attachment holds the program). */
@@ -98,7 +108,7 @@ export function attach(t: Topology, prog: Program, name: string): void {
 }
 
 /** A counting XDP program on crbd: an engine itself, or what lets frames reach the stack. */
-function counting(t: Topology, object: string, program: string, map: string, indexes?: readonly number[]): { seen(): bigint; close(): void } {
+function counting(t: Topology, object: string, program: string, map: string, indexes?: readonly number[]): Counting {
   const obj = BpfObject.open(OBJ(object));
   try {
     obj.load();
@@ -111,6 +121,7 @@ function counting(t: Topology, object: string, program: string, map: string, ind
     }
     return {
       seen: () => sumPerCpu(m, indexes),
+      offRxCpu: () => sumPerCpu(m, indexes, t.rxCpu),
       close: () => {
         m.close();
         obj.close();
@@ -122,14 +133,14 @@ function counting(t: Topology, object: string, program: string, map: string, ind
   }
 }
 
-function xdpNoop(t: Topology): { seen(): bigint; close(): void } {
+function xdpNoop(t: Topology): Counting {
   return counting(t, 'xdp_noop', 'xdp_noop', 'packets');
 }
 
 /** A reference engine: a counting XDP program, nothing else. */
 function reference(t: Topology, object: string, program: string, map: string, indexes?: readonly number[]): EngineRun {
   const c = counting(t, object, program, map, indexes);
-  return { seen: c.seen, arrived: c.seen, close: c.close };
+  return { seen: c.seen, arrived: c.seen, details: () => ({ off_rx_cpu: Number(c.offRxCpu()) }), close: c.close };
 }
 
 /** xdp_ref.bpf.c's `packets`: index 0 parsed to L4, index 1 not (both are runs of the program). */
@@ -269,7 +280,7 @@ export const ENGINES: readonly Engine[] = [
       return {
         seen: iptablesSeen,
         arrived: pass.seen,
-        details: () => ({ xdp_passed: Number(pass.seen()) }),
+        details: () => ({ xdp_passed: Number(pass.seen()), off_rx_cpu: Number(pass.offRxCpu()) }),
         // the rules go with crb-dut, which every measurement deletes
         close: () => pass.close(),
       };
@@ -289,7 +300,7 @@ export const ENGINES: readonly Engine[] = [
       return {
         seen: nftSeen,
         arrived: pass.seen,
-        details: () => ({ xdp_passed: Number(pass.seen()) }),
+        details: () => ({ xdp_passed: Number(pass.seen()), off_rx_cpu: Number(pass.offRxCpu()) }),
         close: () => pass.close(), // the table goes with crb-dut
       };
     },
