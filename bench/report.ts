@@ -216,7 +216,7 @@ function targetsTable(r: Results, style: Style): string | undefined {
     !Number.isFinite(x.median) ? '—' : x.median >= goal ? (x.min >= goal ? 'met' : 'met (median; not in every round)') : 'not met';
   return table(
     style,
-    ['scenario', 'target', 'result: median [min–max]', ''],
+    ['scenario', 'target', 'result: median [min–max]', 'verdict'],
     rows.flatMap((s) => [
       [s.name, `connrate ≥ ${TARGETS.connrate_vs_reference}× ${s.reference}`, ratio(s.ratios.connrate_vs_reference), verdict(s.ratios.connrate_vs_reference, TARGETS.connrate_vs_reference)],
       [s.name, `connrate ≥ ${TARGETS.connrate_vs_iptables}× iptables-hashlimit`, ratio(s.ratios.connrate_vs_iptables), verdict(s.ratios.connrate_vs_iptables, TARGETS.connrate_vs_iptables)],
@@ -333,7 +333,8 @@ const barEngine = (s: ScenarioResult, b: (typeof BARS)[number]): string => (b ==
 /** One panel: the scenarios of one verdict, bars with the rounds' range as whiskers, connrate / reference above each group. */
 function panel(scenarios: ScenarioResult[], verdict: Verdict, x0: number, width: number, top: number, height: number): string[] {
   const parts: string[] = [];
-  const max = niceMax(Math.max(...scenarios.flatMap((s) => BARS.map((b) => s.spread[barEngine(s, b)]?.max ?? s.mpps[barEngine(s, b) as EngineName] ?? 0))));
+  // headroom above the highest whisker for its label
+  const max = niceMax(1.1 * Math.max(...scenarios.flatMap((s) => BARS.map((b) => s.spread[barEngine(s, b)]?.max ?? s.mpps[barEngine(s, b) as EngineName] ?? 0))));
   const y = (v: number): number => top + height - (v / max) * height;
   const L = x0 + 44;
   const plotW = width - 54;
