@@ -26,7 +26,7 @@ import { measure, type Measurement } from './throughput.js';
 import { Topology } from './topology.js';
 
 const USAGE = `usage: npm run bench [-- options]
-  --quick                 short rounds (a couple of minutes on 2 cores)
+  --quick                 2 short rounds, no no-touch references (a couple of minutes on 2 cores)
   --out FILE.json         write the results (JSON) and FILE.svg (the chart)
   --scenario NAME         only this scenario (repeatable): ${SCENARIOS.map((s) => s.name).join(', ')}
   --engine NAME           only this engine or reference (repeatable; the tables then have gaps)
@@ -68,7 +68,7 @@ const seconds = args.seconds ? Number(args.seconds) : quick ? 0.75 : 1.5;
 const rounds = args.rounds ? Number(args.rounds) : quick ? 2 : 5;
 const pacePps = Number(args['pace-kpps']) * 1000;
 /** Seconds of the paced CPU-time window, and of the program-time window after it. */
-const pace = { pps: pacePps, seconds: quick ? 0.5 : 0.75, statsSeconds: quick ? 0.25 : 0.4 };
+const pace = { pps: pacePps, seconds: quick ? 0.4 : 0.75, statsSeconds: quick ? 0.2 : 0.4 };
 if (!(seconds > 0 && seconds <= 60)) fail('--seconds must be in (0, 60]');
 if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 20)) fail('--rounds must be an integer 1..20');
 if (!(pacePps >= 1000 && pacePps <= 1e6)) fail('--pace-kpps must be in [1, 1000]');
@@ -143,7 +143,8 @@ const PACED_LOSS_NOTE = 0.01;
 /** The engines of a scenario: the three limiters, the parse-ip reference of its verdict, the no-touch one. */
 function enginesFor(sc: Scenario): Engine[] {
   const ref = REFERENCE_FOR[sc.verdict];
-  const all = [...ENGINES, REFERENCES[ref.parse], REFERENCES[ref.noTouch]];
+  // --quick leaves out the no-touch reference, which nothing is compared with
+  const all = [...ENGINES, REFERENCES[ref.parse], ...(quick && !args.engine?.length ? [] : [REFERENCES[ref.noTouch]])];
   return args.engine?.length ? all.filter((e) => args.engine!.includes(e.name)) : all;
 }
 
