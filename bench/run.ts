@@ -1,5 +1,5 @@
 /**
- * npm run bench [-- --quick] [--out FILE.json] [--scenario NAME]… [--generator auto|xdp|pktgen]
+ * npm run bench [-- --quick] [--out FILE.json] [--scenario NAME]… [--engine NAME]… [--generator auto|xdp|pktgen]
  *               [--seconds S] [--rounds N] [--pace-kpps K] [--skip-cost] [--skip-control-plane]
  *
  * Every engine on the same generated traffic, in one run (bench/topology.ts),
