@@ -399,4 +399,3 @@ export function svgChart(r: Results): string {
   return `${parts.join('\n')}\n`;
 }
 
-export { ENGINE_NAMES };
