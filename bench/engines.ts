@@ -2,9 +2,12 @@
  * The engines, as a table: each one sets itself up on crbd (in crb-dut) and
  * reports how many packets it has seen, from its own counters.
  *
- * All four enforce the same limit, taken from the same extc values: R new
- * connections per minute per (source, destination port), burst 5, on TCP 443
- * and UDP 1194; IPv6 sources keyed by their /64.
+ * The three limiters enforce the same limit, taken from the same extc values:
+ * R new connections per minute per (source, destination port), burst 5, on
+ * TCP 443 and UDP 1194; IPv6 sources keyed by their /64. The references limit
+ * nothing: XDP programs with a fixed verdict, after xdp-bench's `drop`/`pass`,
+ * with `parse-ip` (bpf/xdp_ref.bpf.c: the headers connrate reads) and without
+ * touching the packet at all (count only).
  */
 import { fileURLToPath } from 'node:url';
 import { BpfObject, type BpfMap, type Program } from '@xdp-ts/loader';
@@ -13,10 +16,24 @@ import type { DatapathConfig } from '../src/control/abi.js';
 import { Datapath } from '../src/control/datapath.js';
 import { NET, inNs, trySh, type Topology } from './topology.js';
 
-export const ENGINE_NAMES = ['xdp-noop', 'connrate', 'iptables-hashlimit', 'nft-meter'] as const;
+/** The limiters, compared with each other and with the reference of the scenario's verdict. */
+export const ENGINE_NAMES = ['connrate', 'iptables-hashlimit', 'nft-meter'] as const;
 export type EngineName = (typeof ENGINE_NAMES)[number];
-/** Not in the comparison: the fastest way to refuse a frame at all (XDP_DROP), for reading the others. */
-export type ReferenceName = 'xdp-drop';
+/**
+ * Fixed-verdict XDP programs. `*-parse` parse Ethernet, VLANs, IPv4/IPv6 and the
+ * L4 ports like connrate and are what connrate is measured against (a drop
+ * path against xdp-drop-parse, a pass path against xdp-pass-parse); the
+ * no-touch ones only count, for reading the cost of the parse itself.
+ */
+export const REFERENCE_NAMES = ['xdp-drop-parse', 'xdp-pass-parse', 'xdp-drop', 'xdp-noop'] as const;
+export type ReferenceName = (typeof REFERENCE_NAMES)[number];
+export type Verdict = 'drop' | 'pass';
+
+/** The reference each verdict is compared with, and its no-touch counterpart. */
+export const REFERENCE_FOR: Readonly<Record<Verdict, { parse: ReferenceName; noTouch: ReferenceName }>> = {
+  drop: { parse: 'xdp-drop-parse', noTouch: 'xdp-drop' },
+  pass: { parse: 'xdp-pass-parse', noTouch: 'xdp-noop' },
+};
 
 /** What connrate is configured with: extc values, as an admin would set them. */
 export const EXTC: Readonly<Record<string, string>> = {
@@ -41,6 +58,8 @@ export const TABLE_ENTRIES = 256 * 1024;
 export interface EngineRun {
   /** Packets this engine has seen so far (its own counters). */
   seen(): bigint;
+  /** Packets the XDP program on crbd has run on so far: what the receive CPU handled. */
+  arrived(): bigint;
   /** Engine-specific counters worth reporting (e.g. connrate's verdicts). */
   details?(): Record<string, number>;
   close(): void;
@@ -50,14 +69,31 @@ export interface Engine {
   readonly name: EngineName | ReferenceName;
   /** False for an engine that never passes a frame on (nothing to prime a flow with). */
   readonly passes?: boolean;
+  /** One line for the report. */
+  readonly what: string;
   setup(t: Topology): EngineRun;
 }
 
 const OBJ = (name: string): string => fileURLToPath(new URL(`../build/bpf/${name}.bpf.o`, import.meta.url));
-const ZERO = Buffer.alloc(4);
 
-function sumPerCpu(map: BpfMap): bigint {
-  return (map.lookupPerCpu(ZERO) ?? []).reduce((s, v) => s + v.readBigUInt64LE(0), 0n);
+/** The sum over `indexes` of a per-CPU u64 array, over every CPU but `skipCpu`. */
+function sumPerCpu(map: BpfMap, indexes: readonly number[] = [0], skipCpu = -1): bigint {
+  let n = 0n;
+  for (const i of indexes) {
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(i);
+    (map.lookupPerCpu(key) ?? []).forEach((v, cpu) => {
+      if (cpu !== skipCpu) n += v.readBigUInt64LE(0);
+    });
+  }
+  return n;
+}
+
+interface Counting {
+  seen(): bigint;
+  /** Packets the program ran on elsewhere than the receive CPU (its NAPI thread is pinned there: expected 0). */
+  offRxCpu(): bigint;
+  close(): void;
 }
 
 /** Pin `prog`, attach it to crbd through the pin, drop the pin (the attachment holds the program). */
@@ -72,7 +108,7 @@ export function attach(t: Topology, prog: Program, name: string): void {
 }
 
 /** A counting XDP program on crbd: an engine itself, or what lets frames reach the stack. */
-function counting(t: Topology, object: string, program: string, map: string): { seen(): bigint; close(): void } {
+function counting(t: Topology, object: string, program: string, map: string, indexes?: readonly number[]): Counting {
   const obj = BpfObject.open(OBJ(object));
   try {
     obj.load();
@@ -84,7 +120,8 @@ function counting(t: Topology, object: string, program: string, map: string): { 
       prog.close();
     }
     return {
-      seen: () => sumPerCpu(m),
+      seen: () => sumPerCpu(m, indexes),
+      offRxCpu: () => sumPerCpu(m, indexes, t.rxCpu),
       close: () => {
         m.close();
         obj.close();
@@ -96,9 +133,18 @@ function counting(t: Topology, object: string, program: string, map: string): { 
   }
 }
 
-function xdpNoop(t: Topology): { seen(): bigint; close(): void } {
+function xdpNoop(t: Topology): Counting {
   return counting(t, 'xdp_noop', 'xdp_noop', 'packets');
 }
+
+/** A reference engine: a counting XDP program, nothing else. */
+function reference(t: Topology, object: string, program: string, map: string, indexes?: readonly number[]): EngineRun {
+  const c = counting(t, object, program, map, indexes);
+  return { seen: c.seen, arrived: c.seen, details: () => ({ off_rx_cpu: Number(c.offRxCpu()) }), close: c.close };
+}
+
+/** xdp_ref.bpf.c's `packets`: index 0 parsed to L4, index 1 not (both are runs of the program). */
+const REF_PARSED_AND_NOT = [0, 1] as const;
 
 // ------------------------------------------------------------------ iptables
 
@@ -191,11 +237,8 @@ function nftSeen(): bigint {
 
 export const ENGINES: readonly Engine[] = [
   {
-    name: 'xdp-noop',
-    setup: (t) => xdpNoop(t),
-  },
-  {
     name: 'connrate',
+    what: 'bpf/connrate.bpf.c, configured from the extc values, local addresses and connected routes as the daemon sets them',
     setup: (t) => {
       const dp = Datapath.load();
       try {
@@ -207,8 +250,10 @@ export const ENGINES: readonly Engine[] = [
         dp.close();
         throw e;
       }
+      const seen = (): bigint => dp.counters().seen;
       return {
-        seen: () => dp.counters().seen,
+        seen,
+        arrived: seen,
         details: () => {
           const c = dp.counters();
           return Object.fromEntries(
@@ -221,6 +266,7 @@ export const ENGINES: readonly Engine[] = [
   },
   {
     name: 'iptables-hashlimit',
+    what: 'conntrack NEW + hashlimit srcip,dstport, then DROP (behind xdp-noop, which lets redirected frames in)',
     setup: (t) => {
       const pass = xdpNoop(t); // the veth needs an XDP program for redirected frames; noop passes them up
       try {
@@ -233,20 +279,16 @@ export const ENGINES: readonly Engine[] = [
       }
       return {
         seen: iptablesSeen,
-        details: () => ({ xdp_passed: Number(pass.seen()) }),
-        close: () => {
-          for (const cmd of ['iptables', 'ip6tables']) {
-            trySh(['ip', 'netns', 'exec', NET.dutNs, cmd, '-D', 'INPUT', '-j', 'CRB_IN']);
-            trySh(['ip', 'netns', 'exec', NET.dutNs, cmd, '-F', 'CRB_IN']);
-            trySh(['ip', 'netns', 'exec', NET.dutNs, cmd, '-X', 'CRB_IN']);
-          }
-          pass.close();
-        },
+        arrived: pass.seen,
+        details: () => ({ xdp_passed: Number(pass.seen()), off_rx_cpu: Number(pass.offRxCpu()) }),
+        // the rules go with crb-dut, which every measurement deletes
+        close: () => pass.close(),
       };
     },
   },
   {
     name: 'nft-meter',
+    what: 'ct state new, update @set { saddr . dport limit rate over … } drop (behind xdp-noop)',
     setup: (t) => {
       const pass = xdpNoop(t);
       try {
@@ -257,21 +299,41 @@ export const ENGINES: readonly Engine[] = [
       }
       return {
         seen: nftSeen,
-        details: () => ({ xdp_passed: Number(pass.seen()) }),
-        close: () => {
-          trySh(['ip', 'netns', 'exec', NET.dutNs, 'nft', 'delete', 'table', 'inet', 'crb']);
-          pass.close();
-        },
+        arrived: pass.seen,
+        details: () => ({ xdp_passed: Number(pass.seen()), off_rx_cpu: Number(pass.offRxCpu()) }),
+        close: () => pass.close(), // the table goes with crb-dut
       };
     },
   },
 ];
 
-export const REFERENCE: Engine = {
-  name: 'xdp-drop',
-  passes: false,
-  setup: (t) => counting(t, 'bench_gen', 'bench_drop', 'dropped'),
+export const REFERENCES: Readonly<Record<ReferenceName, Engine>> = {
+  'xdp-drop-parse': {
+    name: 'xdp-drop-parse',
+    passes: false,
+    what: 'XDP_DROP after parsing Ethernet, VLANs, IPv4/IPv6, L4 ports; a per-CPU count (xdp-bench drop, parse-ip)',
+    setup: (t) => reference(t, 'xdp_ref', 'xdp_drop_parse', 'packets', REF_PARSED_AND_NOT),
+  },
+  'xdp-pass-parse': {
+    name: 'xdp-pass-parse',
+    what: 'XDP_PASS after the same parse and count (xdp-bench pass, parse-ip)',
+    setup: (t) => reference(t, 'xdp_ref', 'xdp_pass_parse', 'packets', REF_PARSED_AND_NOT),
+  },
+  'xdp-drop': {
+    name: 'xdp-drop',
+    passes: false,
+    what: 'XDP_DROP, packet untouched, a per-CPU count',
+    setup: (t) => reference(t, 'bench_gen', 'bench_drop', 'dropped'),
+  },
+  'xdp-noop': {
+    name: 'xdp-noop',
+    what: 'XDP_PASS, packet untouched, a per-CPU count',
+    setup: (t) => reference(t, 'xdp_noop', 'xdp_noop', 'packets'),
+  },
 };
+
+/** Every engine and reference by name (bench:profile and the CLI options). */
+export const ALL_ENGINES: readonly Engine[] = [...ENGINES, ...Object.values(REFERENCES)];
 
 /** For the record: the rules the packet-filter engines run. */
 export function engineRules(): { iptables: string; ip6tables: string; nft: string } {

@@ -10,7 +10,14 @@
  *   {"cmd":"detach"}
  *   {"cmd":"send","frame":hex,"rewrite":n,"count":n}   exactly `count` frames
  *   {"cmd":"run","frame":hex,"rewrite":n,"seconds":s}  as many frames as fit in `seconds`
- * Replies: {"ok":true,"frames":n,"elapsedNs":n} or {"ok":false,"error":"..."}.
+ *   {"cmd":"pace","frame":hex,"rewrite":n,"pps":n,"seconds":s}
+ *                                                      `pps` frames a second for `seconds`: bursts of
+ *                                                      PACE_BURST frames (bench_pace)
+ * Replies: {"ok":true,"frames":n,"elapsedNs":n,"busyNs":n} or {"ok":false,"error":"..."}.
+ * elapsedNs is the wall clock; busyNs the time the kernel spent in the
+ * generator's run loops (BPF_PROG_TEST_RUN's duration × repeat), without each
+ * call's set-up and teardown and without time the generator was preempted:
+ * rates are taken over busyNs.
  */
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +30,13 @@ type Request =
   | { cmd: 'attach'; dev: string }
   | { cmd: 'detach' }
   | { cmd: 'send'; frame: string; rewrite: number; count: number; dev: string }
-  | { cmd: 'run'; frame: string; rewrite: number; seconds: number; dev: string };
+  | { cmd: 'run'; frame: string; rewrite: number; seconds: number; dev: string }
+  | { cmd: 'pace'; frame: string; rewrite: number; pps: number; seconds: number; dev: string };
+
+/** Frames of a paced burst, sent back to back. */
+const PACE_BURST = 32;
+/** Each BPF_PROG_TEST_RUN call has a fixed cost (page pool set-up and teardown, tens of ms here): calls of about this long. */
+const CHUNK_NS = 250e6;
 
 let sink: { obj: BpfObject; prog: Program; link: Link } | undefined;
 
@@ -45,16 +58,41 @@ function attach(dev: string): void {
   sink = { obj, prog, link };
 }
 
-function generator(dev: string, rewrite: number): { obj: BpfObject; prog: Program } {
+function generator(dev: string, rewrite: number, pace?: { periodNs: number; burst: number }): { obj: BpfObject; prog: Program } {
   const obj = BpfObject.open(OBJECT);
   obj.setGlobal('out_ifindex', ifIndex(dev));
   obj.setGlobal('rewrite', rewrite);
+  if (pace) {
+    obj.setGlobal('pace_period_ns', BigInt(Math.round(pace.periodNs)));
+    obj.setGlobal('pace_burst', pace.burst);
+  }
   obj.load();
-  return { obj, prog: obj.program('bench_gen') };
+  return { obj, prog: obj.program(pace ? 'bench_pace' : 'bench_gen') };
 }
 
-function send(prog: Program, data: Buffer, repeat: number): void {
-  prog.testRun({ data, repeat, flags: TEST_RUN_XDP_LIVE_FRAMES, batchSize: BATCH });
+/** Run `repeat` times; returns the kernel's busy time, ns. */
+function send(prog: Program, data: Buffer, repeat: number): number {
+  return prog.testRun({ data, repeat, flags: TEST_RUN_XDP_LIVE_FRAMES, batchSize: BATCH }).durationNs * repeat;
+}
+
+/** Repeats in chunks of about CHUNK_NS until `seconds` of wall clock have passed. */
+function chunked(prog: Program, data: Buffer, seconds: number): { repeats: number; elapsedNs: number; busyNs: number } {
+  const budget = BigInt(Math.round(seconds * 1e9));
+  let chunk = 1 << 16;
+  let repeats = 0;
+  let busyNs = 0;
+  const t0 = process.hrtime.bigint();
+  let elapsed = 0n;
+  while (elapsed < budget) {
+    const busy = send(prog, data, chunk);
+    busyNs += busy;
+    repeats += chunk;
+    elapsed = process.hrtime.bigint() - t0;
+    const left = Number(budget - elapsed);
+    const perRepeat = busy / chunk;
+    chunk = Math.max(BATCH, Math.min(1 << 26, Math.round(Math.min(CHUNK_NS, left) / Math.max(perRepeat, 1))));
+  }
+  return { repeats, elapsedNs: Number(elapsed), busyNs };
 }
 
 function handle(req: Request): Record<string, unknown> {
@@ -72,26 +110,27 @@ function handle(req: Request): Record<string, unknown> {
         const data = Buffer.from(req.frame, 'hex');
         if (req.cmd === 'send') {
           const t0 = process.hrtime.bigint();
-          send(g.prog, data, req.count);
-          return { frames: req.count, elapsedNs: Number(process.hrtime.bigint() - t0) };
+          const busyNs = send(g.prog, data, req.count);
+          return { frames: req.count, elapsedNs: Number(process.hrtime.bigint() - t0), busyNs };
         }
-        // chunks of ~50 ms, until the time is up
-        const budget = BigInt(Math.round(req.seconds * 1e9));
-        let chunk = 1 << 16;
-        let frames = 0;
-        const t0 = process.hrtime.bigint();
-        let elapsed = 0n;
-        while (elapsed < budget) {
-          const c0 = process.hrtime.bigint();
-          send(g.prog, data, chunk);
-          const c1 = process.hrtime.bigint();
-          frames += chunk;
-          elapsed = c1 - t0;
-          const perFrame = Number(c1 - c0) / chunk;
-          chunk = Math.max(BATCH, Math.min(1 << 24, Math.round(50e6 / Math.max(perFrame, 1))));
-        }
-        return { frames, elapsedNs: Number(elapsed) };
+        const r = chunked(g.prog, data, req.seconds);
+        return { frames: r.repeats, elapsedNs: r.elapsedNs, busyNs: r.busyNs };
       } finally {
+        g.prog.close();
+        g.obj.close();
+      }
+    }
+    case 'pace': {
+      if (!(req.pps > 0 && req.seconds > 0)) throw new Error(`pace: pps and seconds must be positive, got ${req.pps} and ${req.seconds}`);
+      const burst = Math.max(1, Math.min(PACE_BURST, Math.floor(req.pps / 1000)));
+      const g = generator(req.dev, req.rewrite, { periodNs: (burst * 1e9) / req.pps, burst });
+      const state = g.obj.map('pace');
+      try {
+        const r = chunked(g.prog, Buffer.from(req.frame, 'hex'), req.seconds);
+        const frames = Number(state.lookup(Buffer.alloc(4))!.readBigUInt64LE(8));
+        return { frames, elapsedNs: r.elapsedNs, busyNs: r.busyNs };
+      } finally {
+        state.close();
         g.prog.close();
         g.obj.close();
       }

@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ENGINES, REFERENCE } from './engines.js';
+import { ALL_ENGINES } from './engines.js';
 import { wireFrame } from './frames.js';
 import { REWRITE, SCENARIOS } from './scenarios.js';
 import { NET, Topology } from './topology.js';
@@ -21,9 +21,9 @@ const { values: a } = parseArgs({
   options: { scenario: { type: 'string' }, engine: { type: 'string', default: 'connrate' }, seconds: { type: 'string', default: '5' }, top: { type: 'string', default: '30' } },
 });
 const sc = SCENARIOS.find((s) => s.name === a.scenario);
-const engine = [...ENGINES, REFERENCE].find((e) => e.name === a.engine);
+const engine = ALL_ENGINES.find((e) => e.name === a.engine);
 if (!sc || !engine) {
-  process.stderr.write(`usage: npm run bench:profile -- --scenario ${SCENARIOS.map((s) => s.name).join('|')} [--engine ${[...ENGINES, REFERENCE].map((e) => e.name).join('|')}] [--seconds S]\n`);
+  process.stderr.write(`usage: npm run bench:profile -- --scenario ${SCENARIOS.map((s) => s.name).join('|')} [--engine ${ALL_ENGINES.map((e) => e.name).join('|')}] [--seconds S]\n`);
   process.exit(2);
 }
 const seconds = Number(a.seconds);
@@ -49,7 +49,8 @@ try {
     const r = await t.gen.request({ cmd: 'run', dev: NET.genIf, frame, rewrite: REWRITE[sc.rewrite], seconds });
     const seen = Number(run.seen() - s0);
     await done;
-    console.log(`${sc.name} / ${engine.name}: ${(seen / (r.elapsedNs! / 1e9) / 1e6).toFixed(3)} Mpps seen, ${(r.frames! / (r.elapsedNs! / 1e9) / 1e6).toFixed(2)} Mpps offered`);
+    const busy = (r.busyNs ?? r.elapsedNs!) / 1e9;
+    console.log(`${sc.name} / ${engine.name}: ${(seen / busy / 1e6).toFixed(3)} Mpps seen, ${(r.frames! / busy / 1e6).toFixed(2)} Mpps offered`);
     const rep = spawnSync('perf', ['report', '-i', data, '--no-children', '--sort', 'symbol', '--percent-limit', '0.5', '-g', 'none', '--stdio'], { encoding: 'utf8' });
     if (process.env.CRB_PERF_KEEP) spawnSync('cp', [data, process.env.CRB_PERF_KEEP]);
     console.log(rep.stdout.split('\n').filter((l) => l.includes('%')).slice(0, Number(a.top)).join('\n'));

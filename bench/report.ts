@@ -1,23 +1,68 @@
 /**
- * The results: the JSON other tools read (shape fixed by the issue), the
- * aligned table on stdout, and an SVG chart of Mpps by scenario and engine.
+ * The results: the JSON other tools read, the tables (plain text on stdout,
+ * Markdown for bench/results/README.md: bench/tables.ts) and an SVG chart.
+ *
+ * Ratios are only ever taken between programs of the same verdict: connrate
+ * over the parse-ip reference of the scenario's verdict, and connrate over
+ * iptables-hashlimit (both limiters, same rules).
  */
 import type { ControlPlane } from './control-plane.js';
-import type { Cost } from './cost.js';
-import { ENGINE_NAMES, type EngineName } from './engines.js';
+import { ENGINE_NAMES, REFERENCE_FOR, type EngineName, type ReferenceName, type Verdict } from './engines.js';
+
+/** How far the rounds of one measurement lie apart. */
+export interface Spread {
+  min: number;
+  max: number;
+  /** (max − min) / median */
+  relative: number;
+  rounds: number[];
+}
+
+/** A ratio taken round by round (both figures from the same round), then summarised. */
+export interface RatioStat {
+  median: number;
+  min: number;
+  max: number;
+}
 
 export interface ScenarioResult {
   name: string;
-  mpps: Record<EngineName, number>;
-  ns_per_packet: { 'xdp-noop': number; connrate: number };
-  // extras (allowed by the shape): how to read the figures above
+  /** What connrate does with the scenario's packets; sets the reference. */
+  verdict: Verdict;
+  /** The parse-ip reference of that verdict. */
+  reference: ReferenceName;
+  /**
+   * Median Mpps at saturation, per second of receive CPU (the engine's counters
+   * over the CPU time of crbd's NAPI thread): connrate, iptables-hashlimit,
+   * nft-meter and the reference.
+   */
+  mpps: Partial<Record<EngineName | ReferenceName, number>>;
+  /** The same packets over the generator's busy time (what this shared machine gave), median. */
+  mpps_wall?: Record<string, number>;
+  /** Share of the generator's busy time the NAPI thread ran at saturation, median. */
+  rx_cpu_share?: Record<string, number>;
+  /** Per engine (and the no-touch reference): the rounds behind the median. */
+  spread: Record<string, Spread>;
+  ratios: { connrate_vs_reference: RatioStat; connrate_vs_iptables: RatioStat };
+  /** The no-touch reference of the same verdict (xdp-drop / xdp-noop), median Mpps. */
+  reference_mpps?: Partial<Record<ReferenceName, number>>;
+  // pass scenarios: a fixed load below saturation
+  paced_offered_mpps?: number;
+  /** Frames the paced generator transmitted over the wall clock (less when it lost its CPU), median. */
+  paced_achieved_mpps?: Record<string, number>;
+  /** Receive-CPU ns per packet (NAPI thread schedstat / packets), median of the rounds. */
+  rx_ns_per_packet?: Record<string, number>;
+  rx_ns_spread?: Record<string, Spread>;
+  /** The attached XDP program's run_time_ns / run_cnt (kernel.bpf_stats_enabled), median. */
+  prog_ns_per_packet?: Record<string, number>;
+  /** BPF_PROG_TEST_RUN ns/packet (bench/cost.ts); `harness_ns_per_packet` is included in each. */
+  ns_per_packet: Record<string, number>;
+  harness_ns_per_packet: number;
+  // how to read the figures above
   what: string;
   generator: string;
   offered_mpps: Record<string, number>;
-  reference_mpps?: { 'xdp-drop': number };
-  harness_ns_per_packet: number;
   connrate_verdicts?: Record<string, number>;
-  ratios: { connrate_vs_noop: number; connrate_vs_iptables: number };
   notes?: string[];
 }
 
@@ -36,9 +81,29 @@ export interface Results {
   control_plane: ControlPlane | Record<string, never>;
 }
 
+export const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+export function spread(rounds: readonly number[]): Spread {
+  const min = Math.min(...rounds);
+  const max = Math.max(...rounds);
+  return { min, max, relative: (max - min) / median(rounds), rounds: [...rounds] };
+}
+
+/** a[i] / b[i] for each round i, summarised. */
+export function ratioStat(a: readonly number[], b: readonly number[]): RatioStat {
+  const r = a.map((x, i) => x / b[i]!).filter((x) => Number.isFinite(x));
+  if (r.length === 0) return { median: NaN, min: NaN, max: NaN };
+  return { median: median(r), min: Math.min(...r), max: Math.max(...r) };
+}
+
 const round = (x: number, d: number): number => (Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : x);
 
-/** Numbers rounded for the file (Mpps to 4 decimals, ns to 1). */
+/** Numbers rounded for the file (Mpps and ratios to 4 decimals, ns and ms to 2). */
 export function toJson(r: Results): string {
   return `${JSON.stringify(
     r,
@@ -47,13 +112,155 @@ export function toJson(r: Results): string {
   )}\n`;
 }
 
-function table(head: string[], rows: string[][], align: ('l' | 'r')[]): string {
+// ------------------------------------------------------------------ tables
+
+type Style = 'text' | 'md';
+
+function table(style: Style, head: string[], rows: string[][], align: ('l' | 'r')[]): string {
+  if (style === 'md') {
+    const sep = align.map((a) => (a === 'r' ? '---:' : '---'));
+    return [head, sep, ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
+  }
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]): string => cells.map((c, i) => (align[i] === 'l' ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ').trimEnd();
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
 }
 
 const f = (x: number | undefined, d = 3): string => (x === undefined || !Number.isFinite(x) ? '—' : x.toFixed(d));
+/** "1.914 ±4%": the median and half the rounds' range, relative to it. */
+const withSpread = (x: number | undefined, s: Spread | undefined, d = 3): string =>
+  x === undefined ? '—' : s && s.rounds.length > 1 ? `${f(x, d)} ±${f((s.relative * 100) / 2, 0)}%` : f(x, d);
+const ratio = (r: RatioStat | undefined): string => (r && Number.isFinite(r.median) ? `${f(r.median, 2)}× [${f(r.min, 2)}–${f(r.max, 2)}]` : '—');
+
+/** The Mpps table of the scenarios of one verdict. */
+function mppsTable(r: Results, verdict: Verdict, style: Style): string | undefined {
+  const rows = r.scenarios.filter((s) => s.verdict === verdict);
+  if (rows.length === 0) return undefined;
+  const ref = REFERENCE_FOR[verdict];
+  const b = (x: string): string => (style === 'md' ? `**${x}**` : x);
+  return table(
+    style,
+    ['scenario', 'connrate', ref.parse, 'iptables-hashlimit', 'nft-meter', `${ref.noTouch}¹`, `connrate / ${ref.parse}`, 'connrate / iptables'],
+    rows.map((s) => [
+      s.name,
+      b(withSpread(s.mpps.connrate, s.spread.connrate)),
+      withSpread(s.mpps[ref.parse], s.spread[ref.parse]),
+      withSpread(s.mpps['iptables-hashlimit'], s.spread['iptables-hashlimit']),
+      withSpread(s.mpps['nft-meter'], s.spread['nft-meter']),
+      withSpread(s.reference_mpps?.[ref.noTouch], s.spread[ref.noTouch]),
+      ratio(s.ratios.connrate_vs_reference),
+      ratio(s.ratios.connrate_vs_iptables),
+    ]),
+    ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+  );
+}
+
+/** Receive-CPU and program ns per packet of the pass scenarios, below saturation. */
+function nsTable(r: Results, style: Style): string | undefined {
+  const rows = r.scenarios.filter((s) => s.rx_ns_per_packet);
+  if (rows.length === 0) return undefined;
+  const ref = REFERENCE_FOR.pass;
+  const rx = (s: ScenarioResult, e: string): string => withSpread(s.rx_ns_per_packet?.[e], s.rx_ns_spread?.[e], 0);
+  return table(
+    style,
+    ['scenario', 'connrate', ref.parse, 'iptables-hashlimit', 'nft-meter', `${ref.noTouch}¹`, `connrate − ${ref.parse}`, 'connrate − iptables', 'program: connrate', `program: ${ref.parse}`, 'program: connrate − ref'],
+    rows.map((s) => {
+      const x = s.rx_ns_per_packet!;
+      const p = s.prog_ns_per_packet ?? {};
+      return [
+        s.name,
+        rx(s, 'connrate'),
+        rx(s, ref.parse),
+        rx(s, 'iptables-hashlimit'),
+        rx(s, 'nft-meter'),
+        rx(s, ref.noTouch),
+        f(x.connrate! - x[ref.parse]!, 0),
+        f(x.connrate! - x['iptables-hashlimit']!, 0),
+        f(p.connrate, 1),
+        f(p[ref.parse], 1),
+        f(p.connrate! - p[ref.parse]!, 1),
+      ];
+    }),
+    ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+  );
+}
+
+/**
+ * BPF_PROG_TEST_RUN ns/packet (bench/cost.ts), whatever programs it measured;
+ * a difference only against the scenario's own reference (same verdict).
+ */
+function costTable(r: Results, style: Style): string | undefined {
+  const keys = [...new Set(r.scenarios.flatMap((s) => Object.keys(s.ns_per_packet)))];
+  if (keys.length === 0) return undefined;
+  return table(
+    style,
+    ['scenario', ...keys, 'harness', 'connrate − reference of its verdict'],
+    r.scenarios.map((s) => [
+      s.name,
+      ...keys.map((k) => f(s.ns_per_packet[k], 1)),
+      f(s.harness_ns_per_packet, 1),
+      s.reference in s.ns_per_packet ? `${f((s.ns_per_packet.connrate ?? NaN) - s.ns_per_packet[s.reference]!, 1)} (${s.reference})` : '—',
+    ]),
+    ['l', ...keys.map(() => 'r' as const), 'r', 'r'],
+  );
+}
+
+/** What the drop scenarios must reach: connrate over its reference, and over iptables-hashlimit. */
+export const TARGETS = { connrate_vs_reference: 0.7, connrate_vs_iptables: 3 } as const;
+
+/** The targets, scenario by scenario: met when the median ratio reaches them. */
+function targetsTable(r: Results, style: Style): string | undefined {
+  const rows = r.scenarios.filter((s) => s.verdict === 'drop');
+  if (rows.length === 0) return undefined;
+  const verdict = (x: RatioStat, goal: number): string =>
+    !Number.isFinite(x.median) ? '—' : x.median >= goal ? (x.min >= goal ? 'met' : 'met (median; not in every round)') : 'not met';
+  return table(
+    style,
+    ['scenario', 'target', 'result: median [min–max]', 'verdict'],
+    rows.flatMap((s) => [
+      [s.name, `connrate ≥ ${TARGETS.connrate_vs_reference}× ${s.reference}`, ratio(s.ratios.connrate_vs_reference), verdict(s.ratios.connrate_vs_reference, TARGETS.connrate_vs_reference)],
+      [s.name, `connrate ≥ ${TARGETS.connrate_vs_iptables}× iptables-hashlimit`, ratio(s.ratios.connrate_vs_iptables), verdict(s.ratios.connrate_vs_iptables, TARGETS.connrate_vs_iptables)],
+    ]),
+    ['l', 'l', 'r', 'l'],
+  );
+}
+
+/** The datapath tables, with their captions, in one style. */
+export function datapathTables(r: Results, style: Style): string {
+  const out: string[] = [];
+  const m = r.machine;
+  const rounds = String(m.rounds ?? '?');
+  const spreadNote = `median of ${rounds} interleaved rounds; ±: half the rounds' range, relative to the median; ratios taken round by round, median [min–max]`;
+  const drop = mppsTable(r, 'drop', style);
+  if (drop) {
+    out.push(
+      `Drop scenarios — Mpps at saturation per second of receive CPU (the engine's own counters over the CPU time of the receive NAPI thread; ${spreadNote}):`,
+      '',
+      drop,
+      '',
+    );
+  }
+  const pass = mppsTable(r, 'pass', style);
+  if (pass) out.push(`Pass scenarios — Mpps at saturation per second of receive CPU (${spreadNote}):`, '', pass, '');
+  const ns = nsTable(r, style);
+  if (ns) {
+    const load = r.scenarios.find((s) => s.paced_offered_mpps)?.paced_offered_mpps;
+    out.push(
+      `Pass scenarios — ns per packet at a fixed ${f(load, 3)} Mpps (below every engine's saturation): the receive CPU ` +
+        '(crbd\'s NAPI thread, schedstat CPU time / packets: XDP and everything the stack does after it), and the XDP ' +
+        'program alone (run_time_ns / run_cnt with kernel.bpf_stats_enabled; for iptables and nft that is the xdp-noop in front):',
+      '',
+      ns,
+      '',
+    );
+  }
+  out.push('¹ the no-touch reference of the same verdict (counts, never reads the packet): not compared, it shows what the parse costs.', '');
+  const targets = targetsTable(r, style);
+  if (targets) out.push('Targets (drop scenarios, live Mpps ratios taken round by round):', '', targets, '');
+  const cost = costTable(r, style);
+  if (cost) out.push('BPF_PROG_TEST_RUN ns/packet (bench/cost.ts; the scenario\'s rewrite and a tail call, "harness", included in each):', '', cost, '');
+  return out.join('\n');
+}
 
 export function textReport(r: Results): string {
   const out: string[] = [];
@@ -61,38 +268,15 @@ export function textReport(r: Results): string {
   out.push(`connrate bench — ${m.cpu}, ${m.cores} cores, Linux ${m.kernel}, node ${m.node}, ${m.date}`);
   out.push(`generator: ${String(m.generator)}; ${String(m.topology ?? '')}`);
   out.push('');
-  out.push('Mpps handled by the engine (its own counters), same traffic for every engine:');
-  out.push(
-    table(
-      ['scenario', ...ENGINE_NAMES, 'xdp-drop*', 'offered*', 'cr/noop', 'cr/iptables'],
-      r.scenarios.map((s) => [
-        s.name,
-        ...ENGINE_NAMES.map((e) => f(s.mpps[e])),
-        f(s.reference_mpps?.['xdp-drop']),
-        f(Math.max(...Object.values(s.offered_mpps))),
-        `${f(s.ratios.connrate_vs_noop, 2)}×`,
-        `${f(s.ratios.connrate_vs_iptables, 2)}×`,
-      ]),
-      ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
-    ),
-  );
-  out.push('  * xdp-drop: an XDP program that counts and drops (the fastest refusal); offered: what the generator transmitted.');
-  out.push('');
-  out.push('ns/packet, BPF_PROG_TEST_RUN with repeat (the scenario\'s rewrite + a tail call, included in both; "harness" alone):');
-  out.push(
-    table(
-      ['scenario', 'xdp-noop', 'connrate', 'harness', 'connrate − noop'],
-      r.scenarios.map((s) => [s.name, f(s.ns_per_packet['xdp-noop'], 1), f(s.ns_per_packet.connrate, 1), f(s.harness_ns_per_packet, 1), f(s.ns_per_packet.connrate - s.ns_per_packet['xdp-noop'], 1)]),
-      ['l', 'r', 'r', 'r', 'r'],
-    ),
-  );
+  out.push(datapathTables(r, 'text'));
   const notes = r.scenarios.flatMap((s) => (s.notes ?? []).map((n) => `  ${s.name}: ${n}`));
-  if (notes.length) out.push('', 'notes:', ...notes);
+  if (notes.length) out.push('notes:', ...notes);
   const cp = r.control_plane as Partial<ControlPlane>;
   if (cp.extc) {
     out.push('', 'Control plane:');
     out.push(
       table(
+        'text',
         ['extc (benchmark.js)', 'ops/s', 'mean µs', '±%'],
         cp.extc.map((b) => [b.name, Math.round(b.opsPerSec).toLocaleString('en-US'), f(b.meanUs, 2), f(b.rmePct, 1)]),
         ['l', 'r', 'r', 'r'],
@@ -104,6 +288,7 @@ export function textReport(r: Results): string {
     out.push('');
     out.push(
       table(
+        'text',
         ['measure', 'value'],
         [
           ['system update rule → first packet under the new rule (median)', `${f(cp.update_rule.command_to_packet_ms, 1)} ms`],
@@ -123,9 +308,13 @@ export function textReport(r: Results): string {
   return out.join('\n');
 }
 
-const COLORS: Record<EngineName, string> = {
-  'xdp-noop': '#9aa5b1',
+// ------------------------------------------------------------------ chart
+
+/** The four compared bars of a group: connrate, the parse reference, then the two packet filters. */
+const BARS = ['connrate', 'reference', 'iptables-hashlimit', 'nft-meter'] as const;
+const COLORS: Record<(typeof BARS)[number], string> = {
   connrate: '#1f77b4',
+  reference: '#9aa5b1',
   'iptables-hashlimit': '#d62728',
   'nft-meter': '#ff7f0e',
 };
@@ -139,55 +328,74 @@ function niceMax(x: number): number {
   return 10 * p;
 }
 
-/** Grouped bars: Mpps by scenario (groups) and engine (bars). */
+const barEngine = (s: ScenarioResult, b: (typeof BARS)[number]): string => (b === 'reference' ? s.reference : b);
+
+/** One panel: the scenarios of one verdict, bars with the rounds' range as whiskers, connrate / reference above each group. */
+function panel(scenarios: ScenarioResult[], verdict: Verdict, x0: number, width: number, top: number, height: number): string[] {
+  const parts: string[] = [];
+  // headroom above the highest whisker for its label
+  const max = niceMax(1.1 * Math.max(...scenarios.flatMap((s) => BARS.map((b) => s.spread[barEngine(s, b)]?.max ?? s.mpps[barEngine(s, b) as EngineName] ?? 0))));
+  const y = (v: number): number => top + height - (v / max) * height;
+  const L = x0 + 44;
+  const plotW = width - 54;
+  parts.push(`<text x="${L}" y="${top - 24}" font-size="14" font-weight="bold">${verdict === 'drop' ? 'Drop scenarios: connrate drops every packet' : 'Pass scenarios: connrate passes every packet'}</text>`);
+  parts.push(`<text x="${L}" y="${top - 8}" fill="#555">Mpps at saturation; grey: ${REFERENCE_FOR[verdict].parse}; whiskers: rounds' min–max</text>`);
+  for (let i = 0; i <= 5; i++) {
+    const v = (max * i) / 5;
+    parts.push(`<line x1="${L}" x2="${L + plotW}" y1="${y(v)}" y2="${y(v)}" stroke="#e5e5e5"/>`);
+    parts.push(`<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end" fill="#555">${v.toFixed(max < 2 ? 2 : 1)}</text>`);
+  }
+  const groupW = plotW / Math.max(1, scenarios.length);
+  const barW = (groupW * 0.8) / BARS.length;
+  scenarios.forEach((s, gi) => {
+    const gx = L + gi * groupW + groupW * 0.1;
+    BARS.forEach((b, bi) => {
+      const e = barEngine(s, b);
+      const v = s.mpps[e as EngineName] ?? 0;
+      const sp = s.spread[e];
+      const x = gx + bi * barW;
+      const cx = x + barW / 2 - 1;
+      parts.push(`<rect x="${x.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(top + height - y(v)).toFixed(1)}" fill="${COLORS[b]}"><title>${esc(`${s.name} / ${e}: ${v.toFixed(3)} Mpps`)}</title></rect>`);
+      if (sp && sp.rounds.length > 1) parts.push(`<line x1="${cx.toFixed(1)}" x2="${cx.toFixed(1)}" y1="${y(sp.min).toFixed(1)}" y2="${y(sp.max).toFixed(1)}" stroke="#222"/>`);
+      parts.push(`<text x="${cx.toFixed(1)}" y="${(Math.min(y(v), sp ? y(sp.max) : y(v)) - 4).toFixed(1)}" text-anchor="middle" font-size="10">${v >= 10 ? v.toFixed(1) : v.toFixed(2)}</text>`);
+    });
+    const cx = L + gi * groupW + groupW / 2;
+    parts.push(`<text x="${cx.toFixed(1)}" y="${top + height + 16}" text-anchor="middle">${esc(s.name)}</text>`);
+    parts.push(`<text x="${cx.toFixed(1)}" y="${top + height + 31}" text-anchor="middle" fill="#1f77b4">${esc(`connrate / ref ${f(s.ratios.connrate_vs_reference.median, 2)}×`)}</text>`);
+  });
+  parts.push(`<line x1="${L}" x2="${L + plotW}" y1="${top + height}" y2="${top + height}" stroke="#333"/>`);
+  return parts;
+}
+
+/** Two panels (drop and pass scenarios, each on its own scale) of grouped bars. */
 export function svgChart(r: Results): string {
-  const W = 960;
-  const H = 460;
-  const L = 60;
-  const R = 20;
-  const T = 64;
-  const B = 70;
-  const plotW = W - L - R;
-  const plotH = H - T - B;
-  const max = niceMax(Math.max(...r.scenarios.flatMap((s) => ENGINE_NAMES.map((e) => s.mpps[e] ?? 0))));
-  const y = (v: number): number => T + plotH - (v / max) * plotH;
-  const groupW = plotW / Math.max(1, r.scenarios.length);
-  const barW = (groupW * 0.8) / ENGINE_NAMES.length;
+  const drop = r.scenarios.filter((s) => s.verdict === 'drop');
+  const pass = r.scenarios.filter((s) => s.verdict === 'pass');
+  const W = 1100;
+  const H = 480;
+  const T = 100;
+  const plotH = H - T - 90;
+  const share = drop.length && pass.length ? drop.length / (drop.length + pass.length) : drop.length ? 1 : 0;
   const parts: string[] = [];
   parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   parts.push(`<rect width="${W}" height="${H}" fill="white"/>`);
-  parts.push(`<text x="${L}" y="22" font-size="16" font-weight="bold">Mpps by scenario and engine (higher is better)</text>`);
-  parts.push(`<text x="${L}" y="40" fill="#555">${esc(`${r.machine.cpu}, ${r.machine.cores} cores, Linux ${r.machine.kernel} — ${r.machine.date.slice(0, 10)} — generator: ${String(r.machine.generator)}`)}</text>`);
-  for (let i = 0; i <= 5; i++) {
-    const v = (max * i) / 5;
-    parts.push(`<line x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="#e5e5e5"/>`);
-    parts.push(`<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end" fill="#555">${v.toFixed(max < 2 ? 2 : 1)}</text>`);
+  parts.push(`<text x="20" y="24" font-size="16" font-weight="bold">connrate against the XDP reference of the same verdict and against iptables/nftables (Mpps, higher is better)</text>`);
+  parts.push(`<text x="20" y="42" fill="#555">${esc(`${r.machine.cpu}, ${r.machine.cores} cores, Linux ${r.machine.kernel} — ${r.machine.date.slice(0, 10)} — median of ${String(r.machine.rounds ?? "?")} interleaved rounds; Mpps per second of receive CPU`)}</text>`);
+  const leftW = Math.round((W - 20) * share);
+  if (drop.length) parts.push(...panel(drop, 'drop', 10, leftW, T, plotH));
+  if (pass.length) parts.push(...panel(pass, 'pass', 10 + leftW, W - 20 - leftW, T, plotH));
+  const legend = [
+    ['connrate', COLORS.connrate],
+    ['xdp-drop-parse / xdp-pass-parse (reference)', COLORS.reference],
+    ['iptables-hashlimit', COLORS['iptables-hashlimit']],
+    ['nft-meter', COLORS['nft-meter']],
+  ] as const;
+  let lx = 54;
+  for (const [name, color] of legend) {
+    parts.push(`<rect x="${lx}" y="${H - 26}" width="12" height="12" fill="${color}"/><text x="${lx + 18}" y="${H - 16}">${esc(name)}</text>`);
+    lx += 40 + name.length * 7;
   }
-  parts.push(`<text x="16" y="${T + plotH / 2}" transform="rotate(-90 16 ${T + plotH / 2})" text-anchor="middle" fill="#555">Mpps</text>`);
-  r.scenarios.forEach((s, gi) => {
-    const gx = L + gi * groupW + groupW * 0.1;
-    ENGINE_NAMES.forEach((e, bi) => {
-      const v = s.mpps[e] ?? 0;
-      const x = gx + bi * barW;
-      parts.push(`<rect x="${x.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(T + plotH - y(v)).toFixed(1)}" fill="${COLORS[e]}"><title>${esc(`${s.name} / ${e}: ${v.toFixed(3)} Mpps`)}</title></rect>`);
-      parts.push(`<text x="${(x + barW / 2 - 1).toFixed(1)}" y="${(y(v) - 4).toFixed(1)}" text-anchor="middle" font-size="10">${v >= 10 ? v.toFixed(1) : v.toFixed(2)}</text>`);
-    });
-    parts.push(`<text x="${(L + gi * groupW + groupW / 2).toFixed(1)}" y="${T + plotH + 18}" text-anchor="middle">${esc(s.name)}</text>`);
-  });
-  parts.push(`<line x1="${L}" x2="${W - R}" y1="${T + plotH}" y2="${T + plotH}" stroke="#333"/>`);
-  ENGINE_NAMES.forEach((e, i) => {
-    const x = L + i * 170;
-    parts.push(`<rect x="${x}" y="${H - 30}" width="12" height="12" fill="${COLORS[e]}"/><text x="${x + 18}" y="${H - 20}">${e}</text>`);
-  });
   parts.push('</svg>');
   return `${parts.join('\n')}\n`;
 }
 
-export function ratios(mpps: Record<EngineName, number>): ScenarioResult['ratios'] {
-  return {
-    connrate_vs_noop: mpps.connrate / mpps['xdp-noop'],
-    connrate_vs_iptables: mpps.connrate / mpps['iptables-hashlimit'],
-  };
-}
-
-export type { Cost };

@@ -1,11 +1,14 @@
 /**
- * npm run bench [-- --quick] [--out FILE.json] [--scenario NAME]… [--engine NAME]…
- *               [--generator auto|xdp|pktgen] [--seconds S] [--rounds N] [--skip-control-plane]
+ * npm run bench [-- --quick] [--out FILE.json] [--scenario NAME]… [--engine NAME]… [--generator auto|xdp|pktgen]
+ *               [--seconds S] [--rounds N] [--pace-kpps K] [--skip-cost] [--skip-control-plane]
  *
- * Every engine on the same generated traffic, in one run (bench/topology.ts);
- * ns/packet from BPF_PROG_TEST_RUN (bench/cost.ts); the control plane
- * (bench/control-plane.ts). Prints a table; --out writes the JSON and, next to
- * it, the SVG chart. Root only; makes and removes its own netns, pins and rules.
+ * Every engine on the same generated traffic, in one run (bench/topology.ts),
+ * rounds interleaving the engines: Mpps at saturation for every scenario,
+ * receive-CPU and program ns per packet below saturation for the pass
+ * scenarios (bench/throughput.ts); ns/packet from BPF_PROG_TEST_RUN
+ * (bench/cost.ts); the control plane (bench/control-plane.ts). Prints the
+ * tables; --out writes the JSON and, next to it, the SVG chart. Root only;
+ * makes and removes its own netns, pins and rules.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -15,20 +18,23 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cleanupDaemonLeftovers, measureControlPlane } from './control-plane.js';
 import { measureCost } from './cost.js';
-import { ENGINE_NAMES, ENGINES, REFERENCE, engineRules, type EngineName } from './engines.js';
+import { ALL_ENGINES, ENGINES, REFERENCE_FOR, REFERENCES, engineRules, type Engine } from './engines.js';
 import { pktgenAvailable } from './pktgen.js';
-import { ratios, svgChart, textReport, toJson, type Machine, type Results, type ScenarioResult } from './report.js';
-import { SCENARIOS } from './scenarios.js';
-import { measureThroughput, type Throughput } from './throughput.js';
+import { median, ratioStat, spread, svgChart, textReport, toJson, type Machine, type Results, type ScenarioResult, type Spread } from './report.js';
+import { SCENARIOS, type Scenario } from './scenarios.js';
+import { measure, type Measurement } from './throughput.js';
 import { Topology } from './topology.js';
 
 const USAGE = `usage: npm run bench [-- options]
-  --quick                 one short round per measurement (under 3 minutes on 2 cores)
+  --quick                 2 short rounds, no no-touch references (a couple of minutes on 2 cores)
   --out FILE.json         write the results (JSON) and FILE.svg (the chart)
   --scenario NAME         only this scenario (repeatable): ${SCENARIOS.map((s) => s.name).join(', ')}
+  --engine NAME           only this engine or reference (repeatable; the tables then have gaps)
   --generator G           auto (pktgen where the kernel has it and the traffic is UDP), xdp, pktgen
-  --seconds S             seconds per throughput measurement (default 1 quick, 3 full)
-  --rounds N              rounds per measurement, median kept (default 1 quick, 3 full)
+  --seconds S             seconds per saturation measurement (default 1 quick, 2 full)
+  --rounds N              interleaved rounds, median kept (default 2 quick, 5 full)
+  --pace-kpps K           the fixed load of the pass scenarios' ns/packet, thousand frames a second (default 50)
+  --skip-cost             no BPF_PROG_TEST_RUN ns/packet
   --skip-control-plane    datapath only`;
 
 const { values: args } = parseArgs({
@@ -36,9 +42,12 @@ const { values: args } = parseArgs({
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     scenario: { type: 'string', multiple: true },
+    engine: { type: 'string', multiple: true },
     generator: { type: 'string', default: 'auto' },
     seconds: { type: 'string' },
     rounds: { type: 'string' },
+    'pace-kpps': { type: 'string', default: '50' },
+    'skip-cost': { type: 'boolean', default: false },
     'skip-control-plane': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -55,20 +64,25 @@ if (args.help) {
   process.exit(0);
 }
 const quick = args.quick!;
-const seconds = args.seconds ? Number(args.seconds) : quick ? 1 : 3;
-const rounds = args.rounds ? Number(args.rounds) : quick ? 1 : 3;
+const seconds = args.seconds ? Number(args.seconds) : quick ? 0.75 : 1.5;
+const rounds = args.rounds ? Number(args.rounds) : quick ? 2 : 5;
+const pacePps = Number(args['pace-kpps']) * 1000;
+/** Seconds of the paced CPU-time window, and of the program-time window after it. */
+const pace = { pps: pacePps, seconds: quick ? 0.4 : 0.75, statsSeconds: quick ? 0.2 : 0.4 };
 if (!(seconds > 0 && seconds <= 60)) fail('--seconds must be in (0, 60]');
 if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 20)) fail('--rounds must be an integer 1..20');
+if (!(pacePps >= 1000 && pacePps <= 1e6)) fail('--pace-kpps must be in [1, 1000]');
 if (!['auto', 'xdp', 'pktgen'].includes(args.generator!)) fail('--generator must be auto, xdp or pktgen');
 const scenarios = args.scenario?.length ? SCENARIOS.filter((s) => args.scenario!.includes(s.name)) : SCENARIOS;
 for (const n of args.scenario ?? []) if (!SCENARIOS.some((s) => s.name === n)) fail(`unknown scenario ${n}`);
-if (process.getuid?.() !== 0) fail('run as root (netns, XDP, BPF_PROG_TEST_RUN)');
-for (const f of ['build/bpf/connrate.bpf.o', 'build/bpf/xdp_noop.bpf.o', 'build/bpf/bench_gen.bpf.o', 'dist/cli.js']) {
+for (const n of args.engine ?? []) if (!ALL_ENGINES.some((e) => e.name === n)) fail(`unknown engine ${n}: ${ALL_ENGINES.map((e) => e.name).join(', ')}`);
+if (process.getuid?.() !== 0) fail('run as root (netns, XDP, BPF_PROG_TEST_RUN, kernel.bpf_stats_enabled)');
+for (const f of ['build/bpf/connrate.bpf.o', 'build/bpf/xdp_noop.bpf.o', 'build/bpf/xdp_ref.bpf.o', 'build/bpf/bench_gen.bpf.o', 'dist/cli.js']) {
   if (!existsSync(fileURLToPath(new URL(`../${f}`, import.meta.url)))) fail(`${f} is missing: run npm run build first`);
 }
 
-const log = (s: string): void => void process.stderr.write(`[bench] ${s}\n`);
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+const started = performance.now();
+const log = (s: string): void => void process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
 
 function version(argv: string[]): string {
   const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
@@ -96,6 +110,7 @@ function machine(generator: string): Machine {
     quick,
     seconds_per_measurement: seconds,
     rounds,
+    paced_load: `${pace.pps} frames/s, ${pace.seconds} s of CPU time then ${pace.statsSeconds} s with kernel.bpf_stats_enabled, after the saturation run on the same appliance`,
     // others' load skews every figure on a shared machine: the 1-minute load average when the run started
     load_average_at_start: Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]),
   };
@@ -122,6 +137,124 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+/** Share of the paced load lost at the veth ring above which the report says so. */
+const PACED_LOSS_NOTE = 0.01;
+
+/** The engines of a scenario: the three limiters, the parse-ip reference of its verdict, the no-touch one. */
+function enginesFor(sc: Scenario): Engine[] {
+  const ref = REFERENCE_FOR[sc.verdict];
+  // --quick leaves out the no-touch reference, which nothing is compared with
+  const all = [...ENGINES, REFERENCES[ref.parse], ...(quick && !args.engine?.length ? [] : [REFERENCES[ref.noTouch]])];
+  return args.engine?.length ? all.filter((e) => args.engine!.includes(e.name)) : all;
+}
+
+async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promise<ScenarioResult> {
+  const engines = enginesFor(sc);
+  const ref = REFERENCE_FOR[sc.verdict];
+  const notes: string[] = [];
+  const generators = new Set<string>();
+  const runs = new Map<string, Measurement[]>(engines.map((e) => [e.name, []]));
+  // every round runs every engine, starting one further along each time, so a
+  // burst of someone else's load (or a slow drift) hits them alike
+  for (let i = 0; i < rounds; i++) {
+    for (let j = 0; j < engines.length; j++) {
+      const engine = engines[(i + j) % engines.length]!;
+      const m = await measure(t, sc, engine, { seconds, usePktgen, ...(sc.verdict === 'pass' ? { pace } : {}) });
+      runs.get(engine.name)!.push(m);
+      generators.add(m.saturation.generator);
+      if (m.saturation.note) notes.push(`${engine.name}: ${m.saturation.note}`);
+      const p = m.paced;
+      log(
+        `${sc.name} round ${i + 1}/${rounds} ${engine.name.padEnd(18)} ${m.saturation.mpps.toFixed(3)} Mpps/rx-CPU (${m.saturation.wallMpps.toFixed(3)} Mpps, rx CPU ${((m.saturation.rxCpuSeconds / m.saturation.seconds) * 100).toFixed(0)} %)` +
+          (p ? `; at ${p.offeredMpps.toFixed(3)} Mpps (${p.achievedMpps.toFixed(3)} achieved): ${p.rxNsPerPacket.toFixed(0)} ns/pkt receive CPU, ${p.progNsPerPacket.toFixed(1)} ns/pkt program` : '') +
+          ` (set-up ${m.overhead.setupS.toFixed(1)} s, teardown ${m.overhead.teardownS.toFixed(1)} s)`,
+      );
+    }
+  }
+  const rows = (name: string): Measurement[] => runs.get(name) ?? [];
+  const mppsOf = (name: string): number[] => rows(name).map((m) => m.saturation.mpps);
+  const mpps: ScenarioResult['mpps'] = {};
+  const spreads: Record<string, Spread> = {};
+  const offered: Record<string, number> = {};
+  const wall: Record<string, number> = {};
+  const rxShare: Record<string, number> = {};
+  const lostBy: string[] = [];
+  for (const e of engines) {
+    const xs = mppsOf(e.name);
+    if (e.name !== ref.noTouch) mpps[e.name] = median(xs);
+    spreads[e.name] = spread(xs);
+    offered[e.name] = median(rows(e.name).map((m) => m.saturation.offeredMpps));
+    wall[e.name] = median(rows(e.name).map((m) => m.saturation.wallMpps));
+    rxShare[e.name] = median(rows(e.name).map((m) => m.saturation.rxCpuSeconds / m.saturation.seconds));
+    const rs = rows(e.name);
+    const passed = rs.map((m) => m.saturation.details?.xdp_passed).filter((x): x is number => x !== undefined);
+    const seen = rs.map((m) => m.saturation.seen);
+    if (passed.length && passed.some((p, k) => Math.abs(p - seen[k]!) > 0.02 * seen[k]!)) {
+      notes.push(`${e.name}: XDP passed ${passed.join('/')} frames, the rules saw ${seen.join('/')}`);
+    }
+    const off = rs.map((m) => m.saturation.details?.off_rx_cpu ?? 0);
+    if (off.some((n, k) => n > 0.01 * rs[k]!.saturation.seen)) {
+      notes.push(`${e.name}: XDP ran elsewhere than on the receive CPU for ${off.join('/')} of ${rs.map((m) => m.saturation.seen).join('/')} packets (per round): those rounds' Mpps per receive-CPU second are too high`);
+    }
+    const lost = Math.max(0, ...rs.map((m) => m.paced?.lost ?? 0));
+    if (lost > PACED_LOSS_NOTE) lostBy.push(`${e.name} ${(lost * 100).toFixed(1)} %`);
+  }
+  if (lostBy.length) {
+    notes.push(
+      `paced load that never reached XDP, worst round (the receive ring overflowed: the NAPI thread did not get the CPU in time, or the load was not below saturation; ns/packet counts only packets that arrived): ${lostBy.join(', ')}`,
+    );
+  }
+  // connrate's verdicts in the round of its median
+  const cr = [...rows('connrate')].sort((a, b) => a.saturation.mpps - b.saturation.mpps);
+  const verdicts = cr[Math.floor(cr.length / 2)]?.saturation.details;
+
+  const row: ScenarioResult = {
+    name: sc.name,
+    verdict: sc.verdict,
+    reference: ref.parse,
+    mpps,
+    spread: spreads,
+    ratios: {
+      connrate_vs_reference: ratioStat(mppsOf('connrate'), mppsOf(ref.parse)),
+      connrate_vs_iptables: ratioStat(mppsOf('connrate'), mppsOf('iptables-hashlimit')),
+    },
+    ...(runs.has(ref.noTouch) ? { reference_mpps: { [ref.noTouch]: median(mppsOf(ref.noTouch)) } } : {}),
+    ns_per_packet: {},
+    harness_ns_per_packet: NaN,
+    what: sc.what,
+    generator: [...generators].join('+'),
+    offered_mpps: offered,
+    mpps_wall: wall,
+    rx_cpu_share: rxShare,
+    ...(verdicts ? { connrate_verdicts: verdicts } : {}),
+  };
+  if (sc.verdict === 'pass') {
+    const rx: Record<string, number> = {};
+    const rxSpread: Record<string, Spread> = {};
+    const prog: Record<string, number> = {};
+    for (const e of engines) {
+      const ps = rows(e.name).map((m) => m.paced!);
+      rx[e.name] = median(ps.map((p) => p.rxNsPerPacket));
+      rxSpread[e.name] = spread(ps.map((p) => p.rxNsPerPacket));
+      prog[e.name] = median(ps.map((p) => p.progNsPerPacket));
+    }
+    row.paced_offered_mpps = median(engines.flatMap((e) => rows(e.name).map((m) => m.paced!.offeredMpps)));
+    row.paced_achieved_mpps = Object.fromEntries(engines.map((e) => [e.name, median(rows(e.name).map((m) => m.paced!.achievedMpps))]));
+    row.rx_ns_per_packet = rx;
+    row.rx_ns_spread = rxSpread;
+    row.prog_ns_per_packet = prog;
+  }
+  if (!args['skip-cost']) {
+    log(`${sc.name}: ns/packet (BPF_PROG_TEST_RUN)`);
+    const { harness, ...ns } = measureCost(sc, { rounds: quick ? 3 : 5, repeat: 1 << 20 });
+    row.ns_per_packet = ns;
+    row.harness_ns_per_packet = harness;
+    log(`${sc.name}: ns/packet ${Object.entries(ns).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')} (harness ${harness.toFixed(1)})`);
+  }
+  if (notes.length) row.notes = notes;
+  return row;
+}
+
 async function main(): Promise<void> {
   const t0 = performance.now();
   topo = Topology.open();
@@ -134,55 +267,7 @@ async function main(): Promise<void> {
   const load = results.machine.load_average_at_start as number;
   if (load > 0.5) log(`warning: load average ${load} — something else is running; figures will be noisy`);
 
-  for (const sc of scenarios) {
-    const mpps = {} as Record<EngineName, number>;
-    const offered: Record<string, number> = {};
-    const notes: string[] = [];
-    let verdicts: Record<string, number> | undefined;
-    const generators = new Set<string>();
-    let drop: number | undefined;
-    // rounds interleave the engines, so a burst of someone else's load hits them alike
-    const engines = [...ENGINES, REFERENCE];
-    const runs = new Map<string, Throughput[]>(engines.map((e) => [e.name, []]));
-    for (let i = 0; i < rounds; i++) {
-      for (const engine of engines) {
-        const r = await measureThroughput(topo, sc, engine, seconds, usePktgen);
-        runs.get(engine.name)!.push(r);
-        generators.add(r.generator);
-        if (r.note) notes.push(`${engine.name}: ${r.note}`);
-      }
-    }
-    for (const engine of engines) {
-      const rs = runs.get(engine.name)!;
-      const m = median(rs.map((r) => r.mpps));
-      const mid = rs.find((r) => r.mpps === m)!;
-      log(`${sc.name.padEnd(22)} ${engine.name.padEnd(19)} ${m.toFixed(3)} Mpps (offered ${mid.offeredMpps.toFixed(2)}; rounds ${rs.map((r) => r.mpps.toFixed(3)).join(' ')})`);
-      offered[engine.name] = mid.offeredMpps;
-      if (engine.name === 'xdp-drop') drop = m;
-      else mpps[engine.name] = m;
-      if (engine.name === 'connrate') verdicts = mid.details;
-      if (mid.details?.xdp_passed !== undefined && Math.abs(mid.details.xdp_passed - mid.seen) > 0.02 * mid.seen) {
-        notes.push(`${engine.name}: XDP passed ${mid.details.xdp_passed} frames, the rules saw ${mid.seen}`);
-      }
-    }
-    log(`${sc.name}: ns/packet (BPF_PROG_TEST_RUN)`);
-    const cost = measureCost(sc, { rounds: quick ? 3 : 7, repeat: 1 << 20 });
-    log(`${sc.name}: ns/packet xdp-noop ${cost['xdp-noop'].toFixed(1)}, connrate ${cost.connrate.toFixed(1)} (harness ${cost.harness.toFixed(1)})`);
-    const row: ScenarioResult = {
-      name: sc.name,
-      mpps,
-      ns_per_packet: { 'xdp-noop': cost['xdp-noop'], connrate: cost.connrate },
-      what: sc.what,
-      generator: [...generators].join('+'),
-      offered_mpps: offered,
-      ...(drop !== undefined ? { reference_mpps: { 'xdp-drop': drop } } : {}),
-      harness_ns_per_packet: cost.harness,
-      ...(verdicts ? { connrate_verdicts: verdicts } : {}),
-      ratios: ratios(mpps),
-      ...(notes.length ? { notes } : {}),
-    };
-    results.scenarios.push(row);
-  }
+  for (const sc of scenarios) results.scenarios.push(await runScenario(topo, sc, usePktgen));
   await topo.close();
   topo = undefined;
 
@@ -209,5 +294,3 @@ main()
     process.exitCode = 1;
   })
   .finally(() => cleanup());
-
-export { ENGINE_NAMES };

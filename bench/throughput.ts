@@ -1,29 +1,85 @@
 /**
- * Mpps of one engine on one scenario: a fresh appliance namespace, the engine
- * on crbd, the generator flooding for `seconds`; the rate is what the engine's
- * own counters saw, divided by the generator's running time.
+ * One engine on one scenario, on a fresh appliance namespace:
+ *
+ * 1. saturation: the generator floods for `seconds`; Mpps is what the
+ *    engine's own counters saw, divided by the CPU time crbd's NAPI thread
+ *    ran (and, as `wallMpps`, by the generator's running time);
+ * 2. (pass scenarios) a fixed load below saturation, `pace.pps` frames a
+ *    second: the receive CPU's ns per packet, from the CPU time of crbd's NAPI
+ *    thread (its schedstat) over the packets its XDP program ran on;
+ * 3. (pass scenarios) the same load with kernel.bpf_stats_enabled on: the
+ *    attached XDP program's own time, run_time_ns / run_cnt, in place.
+ *
+ * Step 2 runs with BPF statistics as they were (off unless someone turned them
+ * on), since their two clock reads a packet would count in the CPU time.
+ * The paced steps follow the flood, so every engine is measured in the state
+ * a flood leaves it in (conntrack, hashlimit and bucket tables filled).
  */
+import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Engine } from './engines.js';
+import { Program } from '@xdp-ts/loader';
+import type { Engine, EngineRun } from './engines.js';
 import { wireFrame } from './frames.js';
 import { pktgenCan, pktgenRun } from './pktgen.js';
 import { REWRITE, type Scenario } from './scenarios.js';
 import { NET, type Topology } from './topology.js';
 
 export interface Throughput {
-  /** Packets per second the engine handled, in millions. */
+  /**
+   * Millions of packets the engine handled per second of receive CPU: its
+   * own counters over the CPU time crbd's NAPI thread ran. At saturation that
+   * thread runs whenever it gets the CPU, so this is the rate of a receive CPU
+   * of its own, whatever else the machine runs.
+   */
   mpps: number;
-  /** What the generator offered (frames it transmitted into the veth), Mpps. */
+  /** The same packets over the generator's busy time: the rate this machine gave, sharing its CPUs. */
+  wallMpps: number;
+  /** What the generator offered (frames it transmitted into the veth) over its busy time, Mpps. */
   offeredMpps: number;
   seen: number;
+  /** The generator's busy time (see bench/gen-worker.ts), s. */
   seconds: number;
+  /** CPU time of crbd's NAPI thread during the run, s. */
+  rxCpuSeconds: number;
   details?: Record<string, number>;
   /** Which generator made the traffic. */
   generator: 'bpf-live-frames' | 'pktgen';
   note?: string;
 }
 
-export type GeneratorChoice = 'auto' | 'xdp' | 'pktgen';
+export interface Paced {
+  /** The fixed load offered (the generator's schedule), Mpps. */
+  offeredMpps: number;
+  /**
+   * Frames transmitted over the wall clock of the window, Mpps: lower than
+   * offered when the generator lost its CPU to others (it does not catch up
+   * after a gap) and during each generator call's set-up and teardown.
+   */
+  achievedMpps: number;
+  /** Packets crbd's XDP program ran on during the CPU-time window. */
+  packets: number;
+  /** Share of the offered frames that never reached XDP (ring full: the load was not below saturation). */
+  lost: number;
+  /** Receive-CPU ns per packet: the NAPI thread's CPU time / packets. */
+  rxNsPerPacket: number;
+  /** The attached XDP program's run_time_ns / run_cnt (kernel.bpf_stats_enabled), ns. */
+  progNsPerPacket: number;
+  progRuns: number;
+}
+
+export interface Measurement {
+  saturation: Throughput;
+  paced?: Paced;
+  /** Wall-clock seconds of the steps around the measurement (set-up: namespace and engine; teardown). */
+  overhead: { setupS: number; teardownS: number };
+}
+
+export interface MeasureOptions {
+  seconds: number;
+  usePktgen?: boolean;
+  /** Below-saturation measurement: offered frames a second, seconds of CPU time, seconds of program time. */
+  pace?: { pps: number; seconds: number; statsSeconds: number };
+}
 
 /** Answers the first datagram on the UDP port, then closes: the flow is now a reply-seen one. */
 const PRIMER = `
@@ -33,9 +89,58 @@ s.bind(Number(process.argv[1]), () => console.log('ready'));
 setTimeout(() => process.exit(1), 10000);
 `;
 
-export async function measureThroughput(t: Topology, sc: Scenario, engine: Engine, seconds: number, usePktgen = false): Promise<Throughput> {
+const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
+/** After a run: the veth ring drains into the engine before its counters are read. */
+const DRAIN_MS = 100;
+
+/** Run `fn` with kernel.bpf_stats_enabled = 1, then put back what was there. */
+async function withBpfStats<T>(fn: () => Promise<T>): Promise<T> {
+  const before = readFileSync(BPF_STATS, 'utf8').trim();
+  writeFileSync(BPF_STATS, '1');
+  try {
+    return await fn();
+  } finally {
+    writeFileSync(BPF_STATS, before);
+  }
+}
+
+async function paced(t: Topology, run: EngineRun, base: Record<string, unknown>, pace: NonNullable<MeasureOptions['pace']>): Promise<Paced> {
+  const a0 = run.arrived();
+  const c0 = t.napiCpuNs();
+  const r = await t.gen.request({ cmd: 'pace', ...base, pps: pace.pps, seconds: pace.seconds });
+  await sleep(DRAIN_MS);
+  const cpu = Number(t.napiCpuNs() - c0);
+  const packets = Number(run.arrived() - a0);
+  if (packets === 0) throw new Error('paced run: no packet reached the XDP program');
+
+  const prog = Program.fromId(t.dutProgId());
+  try {
+    const { runs, ns } = await withBpfStats(async () => {
+      const i0 = prog.info();
+      await t.gen.request({ cmd: 'pace', ...base, pps: pace.pps, seconds: pace.statsSeconds });
+      await sleep(DRAIN_MS);
+      const i1 = prog.info();
+      return { runs: Number(i1.runCount - i0.runCount), ns: Number(i1.runTimeNs - i0.runTimeNs) };
+    });
+    return {
+      offeredMpps: pace.pps / 1e6,
+      achievedMpps: r.frames! / (r.elapsedNs! / 1e9) / 1e6,
+      packets,
+      lost: Math.max(0, 1 - packets / r.frames!),
+      rxNsPerPacket: cpu / packets,
+      progNsPerPacket: runs ? ns / runs : NaN,
+      progRuns: runs,
+    };
+  } finally {
+    prog.close();
+  }
+}
+
+export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: MeasureOptions): Promise<Measurement> {
+  const t0 = performance.now();
   const dut = await t.createDut();
   const run = engine.setup(t);
+  const overhead = { setupS: (performance.now() - t0) / 1000, teardownS: NaN };
   try {
     const frame = wireFrame(sc.spec, dut.genMac, dut.dutMac).toString('hex');
     const base = { dev: NET.genIf, frame, rewrite: REWRITE[sc.rewrite] };
@@ -47,34 +152,41 @@ export async function measureThroughput(t: Topology, sc: Scenario, engine: Engin
     }
     const s0 = run.seen();
     const d0 = run.details?.();
-    let r: { frames?: number; elapsedNs?: number } | undefined;
+    const c0 = t.napiCpuNs();
+    let r: { frames?: number; elapsedNs?: number; busyNs?: number } | undefined;
     let generator: Throughput['generator'] = 'bpf-live-frames';
     let note: string | undefined;
-    if (usePktgen && pktgenCan(sc.spec, sc.rewrite)) {
+    if (opts.usePktgen && pktgenCan(sc.spec, sc.rewrite)) {
       try {
-        r = await pktgenRun(sc.spec, sc.rewrite, dut.dutMac, t.genCpu, seconds);
+        r = await pktgenRun(sc.spec, sc.rewrite, dut.dutMac, t.genCpu, opts.seconds);
         generator = 'pktgen';
       } catch (e) {
         note = `pktgen failed (${(e as Error).message}); used the XDP generator`;
       }
     }
-    r ??= await t.gen.request({ cmd: 'run', ...base, seconds });
-    await sleep(100); // the veth ring drains
+    r ??= await t.gen.request({ cmd: 'run', ...base, seconds: opts.seconds });
+    await sleep(DRAIN_MS);
     const seen = Number(run.seen() - s0);
     const d1 = run.details?.();
-    const secs = r.elapsedNs! / 1e9;
+    const cpu = Number(t.napiCpuNs() - c0) / 1e9;
+    const secs = (r.busyNs ?? r.elapsedNs!) / 1e9;
     const details = d0 && d1 ? Object.fromEntries(Object.entries(d1).map(([k, v]) => [k, v - (d0[k] ?? 0)])) : undefined;
-    return {
-      mpps: seen / secs / 1e6,
+    const saturation: Throughput = {
+      mpps: seen / cpu / 1e6,
+      wallMpps: seen / secs / 1e6,
       offeredMpps: r.frames! / secs / 1e6,
       seen,
       seconds: secs,
+      rxCpuSeconds: cpu,
       generator,
       ...(details ? { details } : {}),
       ...(note ? { note } : {}),
     };
+    return { saturation, ...(opts.pace ? { paced: await paced(t, run, base, opts.pace) } : {}), overhead };
   } finally {
+    const t1 = performance.now();
     run.close();
     await t.destroyDut();
+    overhead.teardownS = (performance.now() - t1) / 1000;
   }
 }

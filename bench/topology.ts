@@ -81,7 +81,10 @@ export interface GenReply {
   ok: boolean;
   error?: string;
   frames?: number;
+  /** Wall clock of the request. */
   elapsedNs?: number;
+  /** Time the generator's run loops ran (without each call's set-up and teardown, or preemption). */
+  busyNs?: number;
 }
 
 /** The generator worker, inside crb-gen, on `cpu`. */
@@ -132,6 +135,7 @@ export class Topology {
   readonly gen: Generator;
   #dutProcs: ChildProcess[] = [];
   #dut: Dut | undefined;
+  #napi: number[] = [];
 
   private constructor() {
     const n = cpus().length;
@@ -174,21 +178,19 @@ export class Topology {
     ];
     inNs(dutNs, ['sysctl', '-q', '-w', ...sysctls]);
     inNs(genNs, ['sysctl', '-q', '-w', `net.ipv6.conf.${genIf}.accept_dad=0`, `net.ipv6.conf.${genIf}.router_solicitations=0`]);
-    const ip = (ns: string, ...a: string[]): string => sh(['ip', '-n', ns, ...a]);
-    ip(dutNs, 'link', 'set', 'lo', 'up');
-    ip(dutNs, 'addr', 'add', `${NET.dut4}/30`, 'dev', dutIf);
-    ip(dutNs, 'addr', 'add', `${NET.dut6}/64`, 'dev', dutIf, 'nodad');
-    ip(genNs, 'addr', 'add', `${NET.gen4}/30`, 'dev', genIf);
-    ip(genNs, 'addr', 'add', `${NET.gen6}/64`, 'dev', genIf, 'nodad');
-    ip(dutNs, 'link', 'set', dutIf, 'up');
-    ip(genNs, 'link', 'set', genIf, 'up');
+    // one `ip -batch` per namespace and step: spawning is most of the set-up time on a busy machine
+    const batch = (ns: string, lines: string[]): string => sh(['ip', '-n', ns, '-batch', '-'], { input: `${lines.join('\n')}\n` });
+    batch(dutNs, ['link set lo up', `addr add ${NET.dut4}/30 dev ${dutIf}`, `addr add ${NET.dut6}/64 dev ${dutIf} nodad`, `link set ${dutIf} up`]);
+    batch(genNs, [`addr add ${NET.gen4}/30 dev ${genIf}`, `addr add ${NET.gen6}/64 dev ${genIf} nodad`, `link set ${genIf} up`]);
     const genMac = mac(genNs, genIf);
     const dutMac = mac(dutNs, dutIf);
     // replies leave through the generator's side without ARP/ND (its sink drops everything)
-    ip(dutNs, 'neigh', 'replace', NET.gen4, 'lladdr', genMac, 'dev', dutIf, 'nud', 'permanent');
-    ip(dutNs, 'neigh', 'replace', NET.gen6, 'lladdr', genMac, 'dev', dutIf, 'nud', 'permanent');
-    ip(dutNs, 'route', 'add', 'default', 'via', NET.gen4, 'dev', dutIf);
-    ip(dutNs, '-6', 'route', 'add', 'default', 'via', NET.gen6, 'dev', dutIf);
+    batch(dutNs, [
+      `neigh replace ${NET.gen4} lladdr ${genMac} dev ${dutIf} nud permanent`,
+      `neigh replace ${NET.gen6} lladdr ${genMac} dev ${dutIf} nud permanent`,
+      `route add default via ${NET.gen4} dev ${dutIf}`,
+      `route add ::/0 via ${NET.gen6} dev ${dutIf}`,
+    ]);
     this.#dut = { dutMac, genMac };
     await this.gen.request({ cmd: 'attach', dev: genIf });
     return this.#dut;
@@ -204,11 +206,36 @@ export class Topology {
     const threads = napiThreads(NET.dutIf);
     if (threads.length === 0) throw new Error(`no NAPI thread for ${NET.dutIf}`);
     for (const pid of threads) sh(['taskset', '-p', '-c', String(this.rxCpu), String(pid)]);
+    this.#napi = threads;
     const deadline = Date.now() + 5000;
     while (!/state UP/.test(sh(['ip', '-n', NET.dutNs, 'link', 'show', 'dev', NET.dutIf]))) {
       if (Date.now() > deadline) throw new Error(`${NET.dutIf} did not come up`);
       sleepSync(20);
     }
+  }
+
+  /**
+   * CPU time crbd's NAPI threads have run so far, ns (/proc/PID/schedstat, first
+   * field): all of crbd's receive processing — XDP, then whatever the stack
+   * does with a passed frame, replies included — runs in these threads.
+   */
+  napiCpuNs(): bigint {
+    if (this.#napi.length === 0) throw new Error(`${NET.dutIf} has no NAPI thread (nothing attached)`);
+    let ns = 0n;
+    for (const pid of this.#napi) {
+      const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      if (!comm.startsWith(`napi/${NET.dutIf}-`)) throw new Error(`NAPI thread ${pid} of ${NET.dutIf} is gone`);
+      ns += BigInt(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]!);
+    }
+    return ns;
+  }
+
+  /** The id of the XDP program attached to crbd. */
+  dutProgId(): number {
+    const links = JSON.parse(sh(['ip', '-n', NET.dutNs, '-j', 'link', 'show', 'dev', NET.dutIf])) as { xdp?: { prog?: { id?: number } } }[];
+    const id = links[0]?.xdp?.prog?.id;
+    if (!id) throw new Error(`no XDP program on ${NET.dutIf}`);
+    return id;
   }
 
   /** Start a process inside crb-dut (killed by destroyDut). Resolves on its first stdout line. */
@@ -235,6 +262,7 @@ export class Topology {
     }
     if (this.#dut) await this.gen.request({ cmd: 'detach' }).catch(() => undefined);
     this.#dut = undefined;
+    this.#napi = [];
     trySh(['ip', '-n', NET.genNs, 'link', 'del', NET.genIf]); // both ends, now
     if (nsExists(NET.dutNs)) trySh(['ip', 'netns', 'del', NET.dutNs]);
   }

@@ -8,6 +8,10 @@
  * frame's bytes between runs of the same page, so every rewrite reads the
  * current value from the frame and adjusts the checksums incrementally.
  *
+ * bench_pace is bench_gen at a fixed rate below saturation: bursts of
+ * pace_burst frames every pace_period_ns; every other repeat drops its frame
+ * in the generator (so the run spins on the generator's CPU between bursts).
+ *
  * bench_sink drops whatever the engine's side sends back (TCP RSTs, ICMP), so
  * replies cost the appliance its transmit, and not a second stack.
  *
@@ -141,6 +145,52 @@ int bench_chain(struct xdp_md *ctx)
 	rewrite_frame(ctx);
 	bpf_tail_call(ctx, &chain_target, 0);
 	return XDP_ABORTED;
+}
+
+/* Pacing: how far behind schedule a burst may start before the schedule
+ * restarts from now instead of catching up (a catch-up of many bursts back to
+ * back would overflow the receiver's ring, i.e. not be the offered rate). */
+#define PACE_MAX_LAG_PERIODS 4
+
+const volatile __u64 pace_period_ns = 1;
+const volatile __u32 pace_burst = 1;
+
+struct pace_state {
+	__u64 next_ns;	/* when the next burst is due */
+	__u64 sent;	/* frames transmitted so far */
+	__u32 left;	/* frames left in the current burst */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pace_state);
+} pace SEC(".maps");
+
+SEC("xdp")
+int bench_pace(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct pace_state *st = bpf_map_lookup_elem(&pace, &zero);
+
+	if (!st)
+		return XDP_ABORTED;
+	if (st->left == 0) {
+		__u64 now = bpf_ktime_get_ns();
+
+		if (now < st->next_ns)
+			return XDP_DROP;
+		if (now - st->next_ns > PACE_MAX_LAG_PERIODS * pace_period_ns)
+			st->next_ns = now;
+		st->next_ns += pace_period_ns;
+		st->left = pace_burst;
+	}
+	st->left--;
+	st->sent++;
+	rewrite_frame(ctx);
+	return bpf_redirect(out_ifindex, 0);
 }
 
 SEC("xdp")
