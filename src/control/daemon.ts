@@ -14,7 +14,7 @@ import { decodeEvent } from './abi.js';
 import { BlockLog, formatEvent } from './blocklog.js';
 import { xdpMode } from './commands.js';
 import { Datapath, type MapSizes } from './datapath.js';
-import { ConnrateMetrics, type Listen, serveMetrics } from './metrics.js';
+import { ConnrateMetrics, type Listen, type MetricsOptions, serveMetrics } from './metrics.js';
 import { NetWatcher, readNetState } from './netstate.js';
 import { PinDir } from './pins.js';
 
@@ -79,6 +79,7 @@ export class Daemon {
       if (!dp.appliedConfig()) {
         const values = opts.store.read();
         const applied = dp.applyConfig(resolve(values), { logAnonymize: values.CONNECTION_RATE_LIMIT_LOG_ANONYMIZE === '1' });
+        opts.pins.markApplied();
         info(`connrate: applied the ${opts.store.exists() ? `stored configuration (${opts.store.path})` : 'embedded defaults'}, generation ${applied.generation}`);
       }
       d.#attachAll(readNetState().defaultRouteInterfaces);
@@ -165,8 +166,8 @@ export class Daemon {
   }
 
   /** Serve Prometheus metrics until stop(). */
-  async serveMetrics(listen: Listen): Promise<void> {
-    const metrics = new ConnrateMetrics({ dp: this.dp, attachments: () => this.attachments });
+  async serveMetrics(listen: Listen, opts: MetricsOptions = {}): Promise<void> {
+    const metrics = new ConnrateMetrics({ dp: this.dp, attachments: () => this.attachments, appliedAt: () => this.opts.pins.appliedAt() }, opts);
     try {
       this.#metrics = await serveMetrics(listen, metrics);
     } catch (err) {
