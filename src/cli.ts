@@ -162,7 +162,9 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
     if (!datapathCommands.has(action)) return;
     const missing = missingDatapathCaps();
     if (missing.length) {
-      throw new ConnrateError(action.name(), 'EPERM', `needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; this process lacks ${missing.join(' and ')}: run it as root, or grant ${missing.join(' and ')}`, EXIT.FAILURE);
+      const names: string[] = [];
+      for (let c: Command | null = action; c && c !== program; c = c.parent) names.unshift(c.name());
+      throw new ConnrateError(names.join(' '), 'EPERM', `needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; this process lacks ${missing.join(' and ')}: run it as root, or grant ${missing.join(' and ')}`, EXIT.FAILURE);
     }
   });
   const datapath = (cmd: Command): Command => {

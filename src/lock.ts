@@ -2,7 +2,7 @@
  * Advisory locks with flock(2): released by the kernel when the holder dies,
  * so a crashed writer or daemon never leaves a stale lock behind.
  */
-import { spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { closeSync, constants, openSync } from 'node:fs';
 import { ConnrateError } from './errors.js';
 
@@ -21,13 +21,17 @@ const CHILD_FD = 3;
  * child exits and is dropped when we close the fd or die.
  */
 export const flockByUtility: TryFlock = (fd) => {
-  const r = spawnSync('flock', ['--exclusive', '--nonblock', '--conflict-exit-code', String(FLOCK_CONFLICT), String(CHILD_FD)], {
-    stdio: ['ignore', 'ignore', 'pipe', fd],
-  });
-  if (r.status === 0) return true;
-  if (r.status === FLOCK_CONFLICT) return false;
-  const why = r.error ? r.error.message : r.stderr.toString().trim() || `exit status ${r.status}`;
-  throw new ConnrateError('lock', (r.error as NodeJS.ErrnoException | undefined)?.code ?? 'EIO', `flock(1) failed: ${why} (util-linux flock is needed)`);
+  try {
+    execFileSync('flock', ['--exclusive', '--nonblock', '--conflict-exit-code', String(FLOCK_CONFLICT), String(CHILD_FD)], {
+      stdio: ['ignore', 'ignore', 'pipe', fd],
+    });
+    return true;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { status?: number | null; stderr?: Buffer };
+    if (e.status === FLOCK_CONFLICT) return false;
+    const why = e.stderr?.toString().trim() || e.message;
+    throw new ConnrateError('lock', e.code ?? 'EIO', `flock(1) failed: ${why} (util-linux flock is needed)`);
+  }
 };
 
 const POLL_MS = 20;

@@ -204,6 +204,9 @@ function attachWithFallback(prog: Program, ifname: string, ifindex: number, choi
       if (err instanceof BpfError && err.code === 'EBUSY') {
         throw new ConnrateError('run', 'EBUSY', `${ifname}: another XDP program is already attached (remove it, or run "connrate detach" if it is an old connrate)`);
       }
+      if (err instanceof BpfError) {
+        throw new ConnrateError('run', err.code, `${ifname}: cannot attach XDP in ${mode} mode: ${err.message}`, EXIT.FAILURE, { cause: err });
+      }
       throw err;
     }
   };
@@ -211,7 +214,7 @@ function attachWithFallback(prog: Program, ifname: string, ifindex: number, choi
   try {
     return { link: attach('native'), mode: 'native' };
   } catch (err) {
-    if (err instanceof ConnrateError) throw err;
+    if (err instanceof ConnrateError && err.code === 'EBUSY') throw err;
     info(`connrate: ${ifname}: native XDP unavailable (${(err as Error).message}); falling back to generic`);
     return { link: attach('generic'), mode: 'generic' };
   }
