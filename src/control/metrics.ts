@@ -79,14 +79,17 @@ function countOf(p: PortCounters, v: Verdict): bigint {
 
 /**
  * Which ports get series of their own. A port, once named, stays named for the
- * life of the process, and port="other" adds what named ports had counted when
- * they left it, so every series only grows (no false counter resets).
+ * life of the process, and port="other" keeps what a port had counted there
+ * before it was named, so every series only grows: no false counter resets,
+ * and sums of rates stay right (a new series counts from its first sample).
  */
 export class PortSeries {
   readonly #named = new Set<string>();
   #others = 0;
-  readonly #carried = new Map<string, bigint>(); // `${proto}/${verdict}` → counts moved out of "other"
-  #scraped = false;
+  /** `${proto}/${verdict}` → what named ports had counted under "other". */
+  readonly #carried = new Map<string, bigint>();
+  /** Each unnamed port's counts as last reported under "other". */
+  readonly #inOther = new Map<string, PortCounters>();
 
   constructor(readonly topOthers: number) {}
 
@@ -96,8 +99,10 @@ export class PortSeries {
     const name = (p: PortCounters): void => {
       if (this.#named.has(key(p))) return;
       this.#named.add(key(p));
-      if (!this.#scraped) return; // nothing was reported under "other" yet
-      for (const v of VERDICTS) this.#carried.set(`${p.proto}/${v}`, (this.#carried.get(`${p.proto}/${v}`) ?? 0n) + countOf(p, v));
+      const reported = this.#inOther.get(key(p));
+      if (!reported) return;
+      this.#inOther.delete(key(p));
+      for (const v of VERDICTS) this.#carried.set(`${p.proto}/${v}`, (this.#carried.get(`${p.proto}/${v}`) ?? 0n) + countOf(reported, v));
     };
     for (const p of ports) if (configured[p.proto].includes(p.port)) name(p);
     const total = (p: PortCounters): bigint => p.allowed + p.dropped + p.wouldDrop;
@@ -107,14 +112,15 @@ export class PortSeries {
       name(p);
       this.#others++;
     }
-    this.#scraped = true;
     const out: [Proto, string, Verdict, bigint][] = [];
     const other = new Map(this.#carried);
     for (const p of ports) {
-      for (const v of VERDICTS) {
-        if (this.#named.has(key(p))) out.push([p.proto, String(p.port), v, countOf(p, v)]);
-        else other.set(`${p.proto}/${v}`, (other.get(`${p.proto}/${v}`) ?? 0n) + countOf(p, v));
+      if (this.#named.has(key(p))) {
+        for (const v of VERDICTS) out.push([p.proto, String(p.port), v, countOf(p, v)]);
+        continue;
       }
+      this.#inOther.set(key(p), p);
+      for (const v of VERDICTS) other.set(`${p.proto}/${v}`, (other.get(`${p.proto}/${v}`) ?? 0n) + countOf(p, v));
     }
     for (const [k, n] of other) {
       const [proto, v] = k.split('/') as [Proto, Verdict];
