@@ -109,8 +109,8 @@ describe('a scripted scene', () => {
 
   it('logs a limited key once per minute however often it is dropped', async () => {
     const before = app.log.split('\n').filter((l) => l.includes('RATE-LIMIT')).length;
-    const r = await tb.client(tcp(A(), 443, 4)); // a token may have come back meanwhile (one per 3 s)
-    expect(r.failed).toBeGreaterThanOrEqual(3);
+    const r = await tb.client(tcp(A(), 443, 10)); // tokens come back meanwhile (one per 3 s), but never more than the burst of 5
+    expect(r.failed).toBeGreaterThanOrEqual(5);
     expect(app.log.split('\n').filter((l) => l.includes('RATE-LIMIT')).length).toBe(before);
   });
 
