@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 export const CAP = {
   NET_ADMIN: 12,
   SYS_ADMIN: 21,
+  PERFMON: 38,
   BPF: 39,
 } as const;
 export type CapName = keyof typeof CAP;
@@ -23,13 +24,20 @@ export function hasCap(caps: bigint, name: CapName): boolean {
 }
 
 /**
- * What a datapath command (load, attach, read or change pinned BPF maps) lacks:
- * CAP_BPF, for which CAP_SYS_ADMIN also serves, and CAP_NET_ADMIN. Empty when
- * nothing is missing.
+ * The capabilities a datapath command needs: CAP_BPF and CAP_NET_ADMIN to use
+ * the pinned maps and XDP links; loading the program (`load`) also needs
+ * CAP_PERFMON, without which the verifier refuses its pointer arithmetic.
+ * CAP_SYS_ADMIN serves for CAP_BPF and CAP_PERFMON alike.
  */
-export function missingDatapathCaps(caps: bigint = effectiveCaps()): string[] {
-  const missing: string[] = [];
-  if (!hasCap(caps, 'BPF') && !hasCap(caps, 'SYS_ADMIN')) missing.push('CAP_BPF');
-  if (!hasCap(caps, 'NET_ADMIN')) missing.push('CAP_NET_ADMIN');
-  return missing;
+export function requiredDatapathCaps(opts: { load?: boolean } = {}): string[] {
+  return opts.load ? ['CAP_BPF', 'CAP_PERFMON', 'CAP_NET_ADMIN'] : ['CAP_BPF', 'CAP_NET_ADMIN'];
+}
+
+/** What this process lacks of requiredDatapathCaps(opts); empty when nothing is missing. */
+export function missingDatapathCaps(opts: { load?: boolean } = {}, caps: bigint = effectiveCaps()): string[] {
+  const sysAdmin = hasCap(caps, 'SYS_ADMIN');
+  return requiredDatapathCaps(opts).filter((name) => {
+    const cap = name.slice('CAP_'.length) as CapName;
+    return !hasCap(caps, cap) && !(sysAdmin && (cap === 'BPF' || cap === 'PERFMON'));
+  });
 }

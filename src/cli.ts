@@ -7,7 +7,7 @@
  * 3 no datapath running.
  */
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { missingDatapathCaps } from './caps.js';
+import { missingDatapathCaps, requiredDatapathCaps } from './caps.js';
 import { bashCompletion } from './completion.js';
 import { Store } from './config/store.js';
 import { APPLICATION, VARIABLES, canonicalValue, checkApplication, lookupVariable, valueWarnings } from './config/variables.js';
@@ -149,26 +149,29 @@ Environment:
   CONNRATE_PIN_DIR  where the datapath is pinned on bpffs (default /sys/fs/bpf/connrate)
 
 Privileges: the extc commands need access to the store (root-only) and nothing else; the
-datapath commands (system update rule, run, status, stats, top, detach) need CAP_BPF (or
-CAP_SYS_ADMIN) and CAP_NET_ADMIN, and the native addon @xdp-ts/loader.
+datapath commands (system update rule, status, stats, top, detach) need CAP_BPF and
+CAP_NET_ADMIN, run also CAP_PERFMON (CAP_SYS_ADMIN serves for CAP_BPF and CAP_PERFMON),
+and the native addon @xdp-ts/loader.
 
 Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 no datapath running.`)
     .exitOverride()
     .showHelpAfterError(false);
 
-  // Commands that reach the datapath: checked for capabilities before anything else.
-  const datapathCommands = new WeakSet<Command>();
+  // Commands that reach the datapath, checked for capabilities before anything else; `run` also loads the program.
+  const datapathCommands = new WeakMap<Command, { load: boolean }>();
   program.hook('preAction', (_cmd, action) => {
-    if (!datapathCommands.has(action)) return;
-    const missing = missingDatapathCaps();
+    const need = datapathCommands.get(action);
+    if (!need) return;
+    const missing = missingDatapathCaps(need);
     if (missing.length) {
       const names: string[] = [];
       for (let c: Command | null = action; c && c !== program; c = c.parent) names.unshift(c.name());
-      throw new ConnrateError(names.join(' '), 'EPERM', `needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; this process lacks ${missing.join(' and ')}: run it as root, or grant ${missing.join(' and ')}`, EXIT.FAILURE);
+      const and = (xs: string[]): string => xs.join(' and ').replace(/ and (?=.* and )/g, ', ');
+      throw new ConnrateError(names.join(' '), 'EPERM', `needs ${and(requiredDatapathCaps(need))} (CAP_SYS_ADMIN serves for CAP_BPF${need.load ? ' and CAP_PERFMON' : ''}); this process lacks ${and(missing)}: run it as root, or grant ${and(missing)}`, EXIT.FAILURE);
     }
   });
-  const datapath = (cmd: Command): Command => {
-    datapathCommands.add(cmd);
+  const datapath = (cmd: Command, need = { load: false }): Command => {
+    datapathCommands.set(cmd, need);
     return cmd;
   };
   const store = (): Store => new Store();
@@ -253,6 +256,7 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
       .option('--metrics-top-ports <n>', 'per-port metric series besides the configured ports: the N busiest others; the rest add up in port="other"', positiveInt('--metrics-top-ports', 0), DEFAULT_TOP_PORTS)
       .option('--buckets <n>', 'capacity of the bucket map, set when the datapath is created (default 262144; see "Sizing" in the README)', positiveInt('--buckets', MIN_MAP_ENTRIES))
       .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES)),
+    { load: true },
   ).action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; metricsTopPorts: number; buckets?: number; udpFlows?: number }) => {
     const listen = parseListen(o.metrics); // refuse a bad value before touching anything
     const m = await datapathModules('run');

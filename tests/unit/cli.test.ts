@@ -49,7 +49,7 @@ describe('usage', () => {
     expect(set).toContain('CONNECTION_RATE_LIMIT_LOG_ANONYMIZE');
     expect(set).toContain('--force');
     expect(connrate(['--help']).stdout).toContain('connrate extc value reset application securepoint_firewall variable CONNECTION_RATE_LIMIT_TCP');
-    expect(connrate(['--help']).stdout).toContain('need CAP_BPF (or\nCAP_SYS_ADMIN) and CAP_NET_ADMIN');
+    expect(connrate(['--help']).stdout).toContain('need CAP_BPF and\nCAP_NET_ADMIN, run also CAP_PERFMON (CAP_SYS_ADMIN serves for CAP_BPF and CAP_PERFMON)');
   });
 });
 
