@@ -121,7 +121,7 @@ describe('store', () => {
     const before = readFileSync(store.path);
     expect(() => store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', 'x')).toThrow(InvalidValueError);
     expect(() => store.set('other_app', 'CONNECTION_RATE_LIMIT_TCP', '5')).toThrow(/unknown application "other_app"/);
-    expect(() => store.set(APPLICATION, 'NOPE', '5')).toThrow(/unknown variable/);
+    expect(() => store.set(APPLICATION, 'NOPE', '5')).toThrow('unknown variable "NOPE" of application securepoint_firewall; known: CONNECTION_RATE_LIMIT_TCP,');
     expect(readFileSync(store.path).equals(before)).toBe(true);
   });
 
