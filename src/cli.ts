@@ -133,7 +133,7 @@ const VARIABLE_LIST = VARIABLES.map((v) => `  ${v.name.padEnd(36)} ${v.help} (de
 export function buildProgram(): Command {
   const program = new Command('connrate')
     .description('Per-source connection-rate limiting in XDP: new TCP and UDP connections over CONNECTION_RATE_LIMIT_* are dropped')
-    .version(`connrate ${version()}`, '-V, --version', 'print the version')
+    .version(version(), '-V, --version', 'print the version')
     .helpOption('-h, --help', 'print help for a command')
     .addHelpText('after', `
 Examples:

@@ -41,7 +41,7 @@ describe('usage', () => {
   });
 
   it('--version prints the package version', () => {
-    expect(connrate(['--version'])).toEqual({ status: 0, stdout: `connrate ${PKG.version}\n`, stderr: '' });
+    expect(connrate(['--version'])).toEqual({ status: 0, stdout: `${PKG.version}\n`, stderr: '' });
   });
 
   it('--help documents every variable, reset, and the privileges', () => {
