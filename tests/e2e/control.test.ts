@@ -130,7 +130,8 @@ describe('system update rule', () => {
 
 describe('the daemon', () => {
   it('keeps the limit enforced after kill -9, and a restart adopts the state', async () => {
-    app.configure({ CONNECTION_RATE_LIMIT_TCP: '20' });
+    // 2/min: a token comes back every 30 s, so "still enforced" holds across a slow restart
+    app.configure({ CONNECTION_RATE_LIMIT_TCP: '2' });
     await app.start();
     expect(await tb.client(tcp(A(), 443, 6))).toMatchObject({ ok: 5 });
     await app.stop('SIGKILL');
