@@ -73,12 +73,14 @@ export function bashCompletion(program: Command): string {
     '          return ;;',
     '      esac ;;',
     '  esac',
+    '  # options only once the word starts with "-"; otherwise subcommands, argument choices, keywords',
     '  local candidates',
     '  case "$path" in',
     ...nodes.map((n) => {
-      const flags = n.options.flatMap((o) => [o.long, o.short].filter((f): f is string => !!f));
+      const flags = [...n.options.flatMap((o) => [o.long, o.short].filter((f): f is string => !!f)), '--help'];
       const kws = n.keywords.length ? `$(${fn}_unused ${n.keywords.join(' ')})` : '';
-      return `    ${quote(n.path)}) candidates="${[...n.subcommands, ...n.choices, ...flags, '--help'].join(' ')}${kws ? ` ${kws}` : ''}" ;;`;
+      const words = [...n.subcommands, ...n.choices].join(' ');
+      return `    ${quote(n.path)}) if [[ $cur == -* ]]; then candidates=${quote(flags.join(' '))}; else candidates="${words}${kws ? `${words ? ' ' : ''}${kws}` : ''}"; fi ;;`;
     }),
     '  esac',
     '  COMPREPLY=($(compgen -W "$candidates" -- "$cur"))',

@@ -127,14 +127,17 @@ describe('bash completion', () => {
   });
 
   it('completes commands, options, choices, keywords and variables from the command tree', () => {
-    expect(complete('connrate', '')).toEqual(['extc', 'system', 'run', 'status', 'stats', 'top', 'detach', 'completion', '--version', '-V', '--help']);
-    expect(complete('connrate', 'extc', 'value', '')).toEqual(['get', 'set', 'reset', '--help']);
-    expect(complete('connrate', 'system', 'update', '')).toEqual(['rule', '--help']);
+    expect(complete('connrate', '')).toEqual(['extc', 'system', 'run', 'status', 'stats', 'top', 'detach', 'completion']);
+    expect(complete('connrate', '-')).toEqual(['--version', '-V', '--help']);
+    expect(complete('connrate', 'extc', 'value', '')).toEqual(['get', 'set', 'reset']);
+    expect(complete('connrate', 'system', 'update', '')).toEqual(['rule']);
+    expect(complete('connrate', 'run', '--')).toEqual(['--interface', '--xdp-mode', '--metrics', '--metrics-top-ports', '--buckets', '--udp-flows', '--help']);
     expect(complete('connrate', 'run', '--xdp-mode', '')).toEqual(['auto', 'native', 'generic']);
     expect(complete('connrate', 'extc', 'value', 'set', 'application', '')).toEqual(['securepoint_firewall']);
-    expect(complete('connrate', 'extc', 'value', 'set', 'application', 'securepoint_firewall', '')).toEqual(['--force', '--help', 'variable', 'value']);
+    expect(complete('connrate', 'extc', 'value', 'set', 'application', 'securepoint_firewall', '')).toEqual(['variable', 'value']);
+    expect(complete('connrate', 'extc', 'value', 'set', 'application', 'securepoint_firewall', '--')).toEqual(['--force', '--help']);
     expect(complete('connrate', 'extc', 'value', 'get', 'application', 'securepoint_firewall', 'variable', 'CONNECTION_RATE_LIMIT_UDP_')).toEqual(['CONNECTION_RATE_LIMIT_UDP_PORTS', 'CONNECTION_RATE_LIMIT_UDP_TIMEOUT']);
     expect(complete('connrate', 'extc', 'value', 'set', 'application', 'securepoint_firewall', 'variable', 'CONNECTION_RATE_LIMIT_MODE', 'value', '')).toEqual(['block', 'log']);
-    expect(complete('connrate', 'completion', '')).toEqual(['bash', '--help']);
+    expect(complete('connrate', 'completion', '')).toEqual(['bash']);
   });
 });
