@@ -26,18 +26,18 @@ type CounterExport =
   | { readonly metric: 'not_monitored_reason' }
   /** Something went wrong in the datapath: connrate_errors_total{kind}. */
   | { readonly metric: 'errors' }
-  /** Log events the ring buffer could not take: connrate_events_lost_total. */
-  | { readonly metric: 'events_lost' }
-  /** A sum of other series (seen, monitored): not exported twice. */
-  | { readonly metric: 'sum' };
+  /** A counter with a metric of its own. */
+  | { readonly metric: 'own'; readonly name: string; readonly help: string }
+  /** Not exported: a sum of other series (seen, monitored). */
+  | { readonly metric: 'none' };
 
 /**
  * Every datapath counter's place in the metrics. Keyed by CounterName, so a
  * counter added to the datapath does not compile until it is placed here.
  */
 export const COUNTER_EXPORT: Readonly<Record<CounterName, CounterExport>> = {
-  seen: { metric: 'sum' },
-  monitored: { metric: 'sum' },
+  seen: { metric: 'none' },
+  monitored: { metric: 'none' },
   established: { metric: 'packets' },
   exempt: { metric: 'packets' },
   not_monitored: { metric: 'packets' },
@@ -52,7 +52,11 @@ export const COUNTER_EXPORT: Readonly<Record<CounterName, CounterExport>> = {
   bucket_insert_fail: { metric: 'errors' },
   flow_insert_fail: { metric: 'errors' },
   port_stats_full: { metric: 'errors' },
-  events_lost: { metric: 'events_lost' },
+  events_lost: {
+    metric: 'own',
+    name: 'connrate_events_lost_total',
+    help: 'Log events lost because the ring buffer was full (those RATE-LIMIT lines were not written)',
+  },
 };
 
 export interface MetricsSource {
@@ -152,7 +156,7 @@ export class ConnrateMetrics {
 }
 
 function register(registry: Registry, src: MetricsSource, stats: () => Stats, portSeries: PortSeries): void {
-  const counters = (metric: CounterExport['metric']): [string, bigint][] =>
+  const counters = (metric: 'packets' | 'not_monitored_reason' | 'errors'): [string, bigint][] =>
     Object.entries(stats().counters).filter(([name]) => COUNTER_EXPORT[name as CounterName]?.metric === metric);
   new Counter({
     name: 'connrate_new_connections_total',
@@ -196,15 +200,18 @@ function register(registry: Registry, src: MetricsSource, stats: () => Stats, po
       for (const [kind, n] of counters('errors')) this.inc({ kind }, Number(n));
     },
   });
-  new Counter({
-    name: 'connrate_events_lost_total',
-    help: 'Log events lost because the ring buffer was full (those RATE-LIMIT lines were not written)',
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [, n] of counters('events_lost')) this.inc(Number(n));
-    },
-  });
+  for (const [counter, how] of Object.entries(COUNTER_EXPORT) as [CounterName, CounterExport][]) {
+    if (how.metric !== 'own') continue;
+    new Counter({
+      name: how.name,
+      help: how.help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(Number(stats().counters[counter] ?? 0n));
+      },
+    });
+  }
   new Gauge({
     name: 'connrate_tracked_buckets',
     help: '(source, port, protocol) keys with a token bucket',
