@@ -63,8 +63,8 @@ export interface MetricsSource {
   readonly dp: Datapath;
   /** The interfaces attached and their XDP mode. */
   attachments(): readonly { ifname: string; mode: string }[];
-  /** When the configuration in force was applied (ms since the epoch). */
-  appliedAt(): number | undefined;
+  /** When the configuration in force was applied (ms since the epoch); without it, no last-apply metric. */
+  appliedAt?(): number | undefined;
 }
 
 export interface MetricsOptions {
@@ -251,7 +251,7 @@ function register(registry: Registry, src: MetricsSource, stats: () => Stats, po
     help: 'When the configuration in force was applied (system update rule, or the daemon applying the store), Unix time',
     registers: [registry],
     collect() {
-      const at = src.appliedAt();
+      const at = src.appliedAt?.();
       this.reset();
       if (at !== undefined) this.set(at / 1000);
     },
