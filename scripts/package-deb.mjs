@@ -127,7 +127,8 @@ try {
   put(join(REPO, 'packaging', 'connrate.service'), '/lib/systemd/system/connrate.service');
   const man = readFileSync(join(REPO, 'packaging', 'connrate.1'), 'utf8').replace(/^(\.TH CONNRATE 1 "[^"]*") "connrate [^"]*"/m, `$1 "connrate ${version}"`);
   write('/usr/share/man/man1/connrate.1.gz', gzipSync(man, { level: 9 }));
-  put(join(REPO, 'packaging', 'connrate.bash-completion'), '/usr/share/bash-completion/completions/connrate');
+  // generated from the command tree, so it completes exactly what this build's CLI has
+  write('/usr/share/bash-completion/completions/connrate', `${execFileSync(process.execPath, [join(REPO, 'bin', 'connrate'), 'completion', 'bash'], { encoding: 'utf8' })}`);
   const doc = '/usr/share/doc/connrate';
   put(join(REPO, 'README.md'), `${doc}/README.md`);
   write(`${doc}/copyright`, copyright());

@@ -34,6 +34,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# promtool (the tests check the shipped alert rules with it) comes with Debian's
+# prometheus package, which would also start and enable a Prometheus server
+# listening on :9090. Install it with service starts refused (policy-rc.d), then
+# disable the server; a Prometheus that was here before is left alone.
+if ! command -v promtool >/dev/null; then
+  echo "setup: installing prometheus (for promtool; its server is disabled)"
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  else
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
+
 # BPF objects are pinned under /sys/fs/bpf; mount bpffs if nothing is there.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 

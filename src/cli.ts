@@ -1,27 +1,28 @@
 /**
- * bin/connrate — the command line of SPEC §4.
+ * bin/connrate — the command line. The extc commands, help, version and
+ * completion load nothing native; the datapath commands load @xdp-ts/loader
+ * when they run.
  *
  * Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed),
  * 3 no datapath running.
  */
-import { readFileSync } from 'node:fs';
-import { BpfError } from '@xdp-ts/loader';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { missingDatapathCaps, requiredDatapathCaps } from './caps.js';
+import { bashCompletion } from './completion.js';
 import { Store } from './config/store.js';
-import { APPLICATION, VARIABLES, checkApplication } from './config/variables.js';
-import { COUNTER_NAMES, type Stats, detach, readStats, stats, status, top, updateRule } from './control/commands.js';
-import { Daemon, type XdpModeChoice, notifyReady } from './control/daemon.js';
-import { Datapath } from './control/datapath.js';
-import { DEFAULT_METRICS, parseListen } from './control/metrics.js';
-import { PinDir } from './control/pins.js';
+import { APPLICATION, VARIABLES, canonicalValue, checkApplication, lookupVariable, valueWarnings } from './config/variables.js';
+import type { Stats } from './control/commands.js';
+import type { XdpModeChoice } from './control/daemon.js';
+import { DEFAULT_METRICS, parseListen } from './control/listen.js';
 import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
+import { version } from './version.js';
 
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
-/** The version of the installed package (package.json next to dist/). */
-const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 /** Smallest map a daemon accepts: below this an LRU map evicts constantly. */
 const MIN_MAP_ENTRIES = 1024;
+/** Per-port metric series besides the configured ports. */
+const DEFAULT_TOP_PORTS = 10;
 
 function json(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? (Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()) : v), 2);
@@ -34,19 +35,51 @@ function positiveInt(what: string, min = 1) {
   };
 }
 
-/** `application X variable Y value Z…` → the words after each keyword. */
-function keywords(op: string, words: string[], expected: readonly string[]): Record<string, string> {
+/**
+ * `application X variable Y value Z…` → the word after each keyword. The last
+ * keyword takes every remaining word ("value [ 443 11115 ]"), and may be empty
+ * so that the variable's own check names the problem. `optional` keywords may
+ * follow the required ones.
+ */
+function keywords(op: string, words: string[], expected: readonly string[], optional: readonly string[] = []): Record<string, string> {
+  const all = [...expected, ...optional];
+  const word = (k: string): string => `${k} ${k === 'application' ? APPLICATION : k === 'variable' ? 'NAME' : k.toUpperCase()}`;
+  const usage = `usage: connrate ${op} ${expected.map(word).join(' ')}${optional.map((k) => ` [${word(k)}]`).join('')}`;
   const got: Record<string, string> = {};
   let i = 0;
-  for (const [n, kw] of expected.entries()) {
-    if (words[i] !== kw) throw new InvalidValueError(op, `expected "${kw}" ${n === 0 ? '' : `after "${expected[n - 1]}" `}but got ${words[i] === undefined ? 'nothing' : JSON.stringify(words[i])}; usage: connrate ${op} ${expected.map((k) => `${k} ${k.toUpperCase()}`).join(' ')}`);
-    const last = n === expected.length - 1;
+  for (const [n, kw] of all.entries()) {
+    if (n >= expected.length && i >= words.length) break;
+    const after = n === 0 ? '' : `after "${all[n - 1]} ${got[all[n - 1]!] ?? ''}" `;
+    if (words[i] !== kw) throw new InvalidValueError(op, `expected "${kw}" ${after}but got ${words[i] === undefined ? 'nothing' : JSON.stringify(words[i])}; ${usage}`);
+    const last = n === all.length - 1;
     const value = last ? words.slice(i + 1).join(' ') : words[i + 1];
-    if (value === undefined || value === '') throw new InvalidValueError(op, `"${kw}" needs a value`);
+    if (value === undefined || (value === '' && kw !== 'value')) throw new InvalidValueError(op, `"${kw}" needs a value; ${usage}`);
     got[kw] = value;
-    i += 2;
+    i = last ? words.length : i + 2;
   }
+  if (i < words.length) throw new InvalidValueError(op, `unexpected ${JSON.stringify(words[i])}; ${usage}`);
   return got;
+}
+
+/** The datapath modules, loaded only by commands that need the native addon. */
+async function datapathModules(op: string) {
+  try {
+    const [commands, daemon, datapath, pins] = await Promise.all([
+      import('./control/commands.js'),
+      import('./control/daemon.js'),
+      import('./control/datapath.js'),
+      import('./control/pins.js'),
+    ]);
+    return { ...commands, ...daemon, ...datapath, ...pins };
+  } catch (err) {
+    throw new ConnrateError(
+      op,
+      'ELIBACC',
+      `the native addon @xdp-ts/loader cannot be loaded (${(err as Error).message.split('\n')[0]}); the datapath commands need it, the extc commands do not. Rebuild it ("npm run build") or reinstall connrate`,
+      EXIT.FAILURE,
+      { cause: err },
+    );
+  }
 }
 
 function printStats(s: Stats, rates?: Record<string, number>): void {
@@ -55,7 +88,7 @@ function printStats(s: Stats, rates?: Record<string, number>): void {
   out(
     table(
       [{ header: 'packets' }, { header: 'total', align: 'right' }, ...rateCol],
-      COUNTER_NAMES.map((n) => [n, String(s.counters[n]), ...rate(n)]),
+      Object.entries(s.counters).map(([n, v]) => [n, String(v), ...rate(n)]),
     ),
   );
   out('');
@@ -87,7 +120,7 @@ function printStats(s: Stats, rates?: Record<string, number>): void {
 
 function statsRates(prev: Stats, cur: Stats, seconds: number): Record<string, number> {
   const r: Record<string, number> = {};
-  for (const n of COUNTER_NAMES) r[n] = Number(cur.counters[n] - prev.counters[n]) / seconds;
+  for (const [n, v] of Object.entries(cur.counters)) r[n] = Number(v - (prev.counters[n as keyof Stats['counters']] ?? 0n)) / seconds;
   for (const p of cur.ports) {
     const before = prev.ports.find((q) => q.proto === p.proto && q.port === p.port);
     r[`${p.proto}/${p.port}/dropped`] = Number(p.dropped - (before?.dropped ?? 0n)) / seconds;
@@ -95,159 +128,240 @@ function statsRates(prev: Stats, cur: Stats, seconds: number): Record<string, nu
   return r;
 }
 
+const VARIABLE_LIST = VARIABLES.map((v) => `  ${v.name.padEnd(36)} ${v.help} (default ${v.default})`).join('\n');
+
 export function buildProgram(): Command {
   const program = new Command('connrate')
-    .version(VERSION)
-    .description('Per-source connection-rate limiting in XDP (SPEC: CONNECTION_RATE_LIMIT_*)')
+    .description('Per-source connection-rate limiting in XDP: new TCP and UDP connections over CONNECTION_RATE_LIMIT_* are dropped')
+    .version(version(), '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'print help for a command')
     .addHelpText('after', `
+Examples:
+  connrate extc value get application ${APPLICATION}
+  connrate extc value set application ${APPLICATION} variable CONNECTION_RATE_LIMIT_TCP value 20
+  connrate extc value set application ${APPLICATION} variable CONNECTION_RATE_LIMIT_TCP_PORTS value [ 443 11115 ]
+  connrate extc value reset application ${APPLICATION} variable CONNECTION_RATE_LIMIT_TCP
+  connrate system update rule
+  connrate status
+
 Environment:
   CONNRATE_STORE    the extc store (default /var/lib/connrate/extc.json)
   CONNRATE_PIN_DIR  where the datapath is pinned on bpffs (default /sys/fs/bpf/connrate)
 
-Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath running.`)
+Privileges: the extc commands need access to the store (root-only) and nothing else; the
+datapath commands (system update rule, status, stats, top, detach) need CAP_BPF and
+CAP_NET_ADMIN, run also CAP_PERFMON (CAP_SYS_ADMIN serves for CAP_BPF and CAP_PERFMON),
+and the native addon @xdp-ts/loader.
+
+Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 no datapath running.`)
     .exitOverride()
-    .showHelpAfterError(false)
-    .hook('preAction', (_cmd, action) => {
-      // every command reads the root-only store or the pinned datapath
-      if (process.getuid?.() !== 0) {
-        throw new ConnrateError(action.name(), 'EPERM', 'needs root (the store is root-only; BPF and XDP need CAP_BPF and CAP_NET_ADMIN): run it as root', EXIT.FAILURE);
-      }
-    });
-  const pins = (): PinDir => new PinDir();
+    .showHelpAfterError(false);
+
+  // Commands that reach the datapath, checked for capabilities before anything else; `run` also loads the program.
+  const datapathCommands = new WeakMap<Command, { load: boolean }>();
+  program.hook('preAction', (_cmd, action) => {
+    const need = datapathCommands.get(action);
+    if (!need) return;
+    const missing = missingDatapathCaps(need);
+    if (missing.length) {
+      const names: string[] = [];
+      for (let c: Command | null = action; c && c !== program; c = c.parent) names.unshift(c.name());
+      const and = (xs: string[]): string => xs.join(' and ').replace(/ and (?=.* and )/g, ', ');
+      throw new ConnrateError(names.join(' '), 'EPERM', `needs ${and(requiredDatapathCaps(need))} (CAP_SYS_ADMIN serves for CAP_BPF${need.load ? ' and CAP_PERFMON' : ''}); this process lacks ${and(missing)}: run it as root, or grant ${and(missing)}`, EXIT.FAILURE);
+    }
+  });
+  const datapath = (cmd: Command, need = { load: false }): Command => {
+    datapathCommands.set(cmd, need);
+    return cmd;
+  };
   const store = (): Store => new Store();
 
-  const extc = program.command('extc').description('extc variables of application securepoint_firewall');
-  const value = extc.command('value').description('get or set values');
+  const extc = program
+    .command('extc')
+    .description(`extc variables of application ${APPLICATION} (stored; "system update rule" applies them)`)
+    .addHelpText('after', `\nVariables:\n${VARIABLE_LIST}`);
+  const value = extc.command('value').description('get, set or reset values');
   value
     .command('get')
-    .description(`print every variable: extc value get application ${APPLICATION}`)
-    .argument('<words...>', `application ${APPLICATION}`)
+    .description('print every variable, or one, as stored (the embedded defaults when nothing is stored)')
+    .usage(`application ${APPLICATION} [variable NAME]`)
+    .argument('<words...>', `application ${APPLICATION} [variable NAME]`)
     .action((words: string[]) => {
       const op = 'extc value get';
-      const { application } = keywords(op, words, ['application']);
-      checkApplication(op, application!);
+      const kw = keywords(op, words, ['application'], ['variable']);
+      checkApplication(op, kw.application!);
+      const names = kw.variable === undefined ? VARIABLES.map((v) => v.name) : [lookupVariable(op, kw.variable).name];
       const values = store().read();
-      out(extcTable(APPLICATION, VARIABLES.map((v) => [v.name, values[v.name] ?? v.default])));
+      out(extcTable(APPLICATION, names.map((n) => [n, values[n] ?? lookupVariable(op, n).default])));
     });
   value
     .command('set')
-    .description(`store one value (apply it with "system update rule"): extc value set application ${APPLICATION} variable NAME value VALUE`)
+    .description('validate and store one value; it applies nothing until "system update rule"')
+    .usage(`application ${APPLICATION} variable NAME value VALUE [--force]`)
     .argument('<words...>', `application ${APPLICATION} variable NAME value VALUE`)
-    .action((words: string[]) => {
+    .option('--force', 'store a value that needs confirming (an exempt list covering every source of a family)')
+    .addHelpText('after', `\nLists are written [ 443 11115 ] (or [443 11115]); [ ] is the empty list.\nA prefix with host bits set (198.51.100.7/24) is refused: write the network or the single address.\n\nVariables:\n${VARIABLE_LIST}`)
+    .action((words: string[], o: { force?: boolean }) => {
       const op = 'extc value set';
       const kw = keywords(op, words, ['application', 'variable', 'value']);
+      checkApplication(op, kw.application!);
+      const warnings = valueWarnings(kw.variable!, canonicalValue(op, kw.variable!, kw.value!));
+      if (warnings.length && !o.force) {
+        throw new InvalidValueError(op, `${warnings.join('; ')}. Nothing was stored; add --force to store it anyway`);
+      }
+      for (const w of warnings) process.stderr.write(`connrate: warning: ${w}\n`);
       const change = store().set(kw.application!, kw.variable!, kw.value!);
       out(change.from === change.to ? `${change.name} is already ${change.to}` : `${change.name}: ${change.from} -> ${change.to} (stored; run "system update rule" to apply)`);
     });
+  value
+    .command('reset')
+    .description("store a variable's fresh-install default; it applies nothing until \"system update rule\"")
+    .usage(`application ${APPLICATION} variable NAME`)
+    .argument('<words...>', `application ${APPLICATION} variable NAME`)
+    .addHelpText('after', `\nVariables:\n${VARIABLE_LIST}`)
+    .action((words: string[]) => {
+      const op = 'extc value reset';
+      const kw = keywords(op, words, ['application', 'variable']);
+      const change = store().reset(kw.application!, kw.variable!);
+      out(change.from === change.to ? `${change.name} is already its default, ${change.to}` : `${change.name}: ${change.from} -> ${change.to} (the default; stored; run "system update rule" to apply)`);
+    });
+
+  datapath(
+    program
+      .command('system')
+      .description('system commands')
+      .command('update')
+      .description('update')
+      .command('rule')
+      .description('apply the stored extc values to the running datapath, atomically, and print what changed'),
+  ).action(async () => {
+    const op = 'system update rule';
+    const m = await datapathModules(op);
+    const st = store();
+    const r = m.updateRule(new m.PinDir(), st);
+    if (r.changes.length === 0) out(`no change; configuration generation ${r.generation} in force`);
+    for (const c of r.changes) out(`${c.name}: ${c.from || '(none)'} -> ${c.to}`);
+    if (r.changes.length) out(`applied: configuration generation ${r.generation} in force (${r.ms.toFixed(1)} ms)`);
+    const exempt = st.read().CONNECTION_RATE_LIMIT_EXEMPT;
+    for (const w of exempt ? valueWarnings('CONNECTION_RATE_LIMIT_EXEMPT', exempt) : []) process.stderr.write(`connrate: warning: ${w}\n`);
+  });
+
+  datapath(
+    program
+      .command('run')
+      .description('the daemon: attach, keep addresses and routes in sync, log limits, serve metrics')
+      .addOption(new Option('--interface <if>', 'attach to this interface (repeatable); default: every interface with a default route').argParser((v: string, acc: string[] = []) => [...acc, v]))
+      .addOption(new Option('--xdp-mode <mode>', 'XDP mode').choices(['auto', 'native', 'generic']).default('auto'))
+      .option('--metrics <host:port|off>', 'Prometheus endpoint (GET /metrics)', DEFAULT_METRICS)
+      .option('--metrics-top-ports <n>', 'per-port metric series besides the configured ports: the N busiest others; the rest add up in port="other"', positiveInt('--metrics-top-ports', 0), DEFAULT_TOP_PORTS)
+      .option('--buckets <n>', 'capacity of the bucket map, set when the datapath is created (default 262144; see "Sizing" in the README)', positiveInt('--buckets', MIN_MAP_ENTRIES))
+      .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES)),
+    { load: true },
+  ).action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; metricsTopPorts: number; buckets?: number; udpFlows?: number }) => {
+    const listen = parseListen(o.metrics); // refuse a bad value before touching anything
+    const m = await datapathModules('run');
+    const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
+    const d = m.Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: new m.PinDir(), store: store(), sizes });
+    if (listen) {
+      try {
+        await d.serveMetrics(listen, { topPorts: o.metricsTopPorts });
+      } catch (err) {
+        await d.stop();
+        throw err;
+      }
+    }
+    const running = `running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}`;
+    out(`connrate: ${running}`);
+    m.notifyReady(running, out);
+    const stop = (sig: string): void => {
+      out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
+      void d.stop().then(() => process.exit(EXIT.OK));
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+    await d.stopped;
+  });
+
+  datapath(
+    program
+      .command('status')
+      .description('attached interfaces, XDP mode, configuration in force vs stored')
+      .option('--json', 'JSON output'),
+  ).action(async (o: { json?: boolean }) => {
+    const m = await datapathModules('status');
+    const s = m.status(new m.PinDir(), store());
+    if (o.json) return out(json(s));
+    out(`datapath: ${s.pinDir}, daemon ${s.daemonRunning ? 'running' : 'not running'}`);
+    out('');
+    out(table([{ header: 'interface' }, { header: 'xdp mode' }, { header: 'link', align: 'right' }, { header: 'program', align: 'right' }],
+      s.interfaces.map((i) => [i.ifname, i.mode ?? '?', String(i.linkId ?? ''), String(i.progId ?? '')])));
+    out('');
+    out(table([{ header: 'variable' }, { header: `in force (generation ${s.generation ?? '-'})` }, { header: `stored (${s.storedFrom})` }],
+      VARIABLES.map((v) => [v.name, s.inForce?.[v.name] ?? '-', `${s.stored[v.name] ?? ''}${s.pending.includes(v.name) ? '  (pending: system update rule)' : ''}`])));
+  });
+
+  datapath(
+    program
+      .command('stats')
+      .description('counters: packets by outcome, new connections by port')
+      .option('--json', 'JSON output')
+      .option('--watch <seconds>', 'print again every N seconds, with per-second rates', positiveInt('--watch')),
+  ).action(async (o: { json?: boolean; watch?: number }) => {
+    const m = await datapathModules('stats');
+    const pins = new m.PinDir();
+    if (!o.watch) {
+      const s = m.stats(pins);
+      return o.json ? out(json(s)) : printStats(s);
+    }
+    const dp = m.Datapath.open('stats', pins);
+    let prev = m.readStats(dp);
+    for (;;) {
+      await new Promise((r) => setTimeout(r, o.watch! * 1000));
+      const cur = m.readStats(dp);
+      const rates = statsRates(prev, cur, o.watch);
+      if (o.json) out(json({ ...cur, rates }));
+      else {
+        out(`--- ${new Date().toISOString()}`);
+        printStats(cur, rates);
+      }
+      prev = cur;
+    }
+  });
+
+  datapath(
+    program
+      .command('top')
+      .description('the sources most limited now')
+      .option('--limit <n>', 'rows', positiveInt('--limit'), 20)
+      .option('--json', 'JSON output'),
+  ).action(async (o: { limit: number; json?: boolean }) => {
+    const m = await datapathModules('top');
+    const rows = m.top(new m.PinDir(), o.limit);
+    if (o.json) return out(json(rows));
+    if (rows.length === 0) return out('no source has been limited');
+    out(table(
+      [{ header: 'source' }, { header: 'port', align: 'right' }, { header: 'proto' }, { header: 'drops', align: 'right' }, { header: 'last drop', align: 'right' }, { header: 'tokens', align: 'right' }],
+      rows.map((r) => [r.src, String(r.dport), r.proto, String(r.drops), `${r.lastDropAgoSec.toFixed(1)}s ago`, String(r.tokens)]),
+    ));
+  });
+
+  datapath(
+    program
+      .command('detach')
+      .description('remove the program from every interface and unpin it (stops limiting; stop the daemon first)'),
+  ).action(async () => {
+    const m = await datapathModules('detach');
+    const names = m.detach(new m.PinDir());
+    out(`connrate: detached${names.length ? ` from ${names.join(', ')}` : ''}; pins removed`);
+  });
 
   program
-    .command('system')
-    .description('system commands')
-    .command('update')
-    .description('update')
-    .command('rule')
-    .description('apply the stored extc values to the running datapath, atomically')
+    .command('completion')
+    .description('print a shell completion script')
+    .addArgument(new Argument('<shell>', 'the shell').choices(['bash']))
+    .addHelpText('after', '\nInstall: connrate completion bash > /etc/bash_completion.d/connrate (or source it from ~/.bashrc)')
     .action(() => {
-      const r = updateRule(pins(), store());
-      if (r.changes.length === 0) out(`no change; configuration generation ${r.generation} in force`);
-      for (const c of r.changes) out(`${c.name}: ${c.from || '(none)'} -> ${c.to}`);
-      if (r.changes.length) out(`applied: configuration generation ${r.generation} in force (${r.ms.toFixed(1)} ms)`);
-    });
-
-  program
-    .command('run')
-    .description('the daemon: attach, keep addresses and routes in sync, log limits, serve metrics')
-    .addOption(new Option('--interface <if>', 'attach to this interface (repeatable); default: every interface with a default route').argParser((v: string, acc: string[] = []) => [...acc, v]))
-    .addOption(new Option('--xdp-mode <mode>', 'XDP mode').choices(['auto', 'native', 'generic']).default('auto'))
-    .option('--metrics <host:port|off>', 'Prometheus endpoint (GET /metrics)', DEFAULT_METRICS)
-    .option('--buckets <n>', 'capacity of the bucket map, set when the datapath is created (default 262144; see "Sizing" in the README)', positiveInt('--buckets', MIN_MAP_ENTRIES))
-    .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES))
-    .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; buckets?: number; udpFlows?: number }) => {
-      const listen = parseListen(o.metrics); // refuse a bad value before touching anything
-      const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
-      const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store(), sizes });
-      if (listen) {
-        try {
-          await d.serveMetrics(listen);
-        } catch (err) {
-          await d.stop();
-          throw err;
-        }
-      }
-      const running = `running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}`;
-      out(`connrate: ${running}`);
-      notifyReady(running, out);
-      const stop = (sig: string): void => {
-        out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
-        void d.stop().then(() => process.exit(EXIT.OK));
-      };
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
-      await d.stopped;
-    });
-
-  program
-    .command('status')
-    .description('attached interfaces, XDP mode, configuration in force vs stored')
-    .option('--json', 'JSON output')
-    .action((o: { json?: boolean }) => {
-      const s = status(pins(), store());
-      if (o.json) return out(json(s));
-      out(`datapath: ${s.pinDir}, daemon ${s.daemonRunning ? 'running' : 'not running'}`);
-      out('');
-      out(table([{ header: 'interface' }, { header: 'xdp mode' }, { header: 'link', align: 'right' }, { header: 'program', align: 'right' }],
-        s.interfaces.map((i) => [i.ifname, i.mode ?? '?', String(i.linkId ?? ''), String(i.progId ?? '')])));
-      out('');
-      out(table([{ header: 'variable' }, { header: `in force (generation ${s.generation ?? '-'})` }, { header: `stored (${s.storedFrom})` }],
-        VARIABLES.map((v) => [v.name, s.inForce?.[v.name] ?? '-', `${s.stored[v.name] ?? ''}${s.pending.includes(v.name) ? '  (pending: system update rule)' : ''}`])));
-    });
-
-  program
-    .command('stats')
-    .description('counters: packets by outcome, new connections by port')
-    .option('--json', 'JSON output')
-    .option('--watch <seconds>', 'print again every N seconds, with per-second rates', positiveInt('--watch'))
-    .action(async (o: { json?: boolean; watch?: number }) => {
-      if (!o.watch) {
-        const s = stats(pins());
-        return o.json ? out(json(s)) : printStats(s);
-      }
-      const dp = Datapath.open('stats', pins());
-      let prev = readStats(dp);
-      for (;;) {
-        await new Promise((r) => setTimeout(r, o.watch! * 1000));
-        const cur = readStats(dp);
-        const rates = statsRates(prev, cur, o.watch);
-        if (o.json) out(json({ ...cur, rates }));
-        else {
-          out(`--- ${new Date().toISOString()}`);
-          printStats(cur, rates);
-        }
-        prev = cur;
-      }
-    });
-
-  program
-    .command('top')
-    .description('the sources most limited now')
-    .option('--limit <n>', 'rows', positiveInt('--limit'), 20)
-    .option('--json', 'JSON output')
-    .action((o: { limit: number; json?: boolean }) => {
-      const rows = top(pins(), o.limit);
-      if (o.json) return out(json(rows));
-      if (rows.length === 0) return out('no source has been limited');
-      out(table(
-        [{ header: 'source' }, { header: 'port', align: 'right' }, { header: 'proto' }, { header: 'drops', align: 'right' }, { header: 'last drop', align: 'right' }, { header: 'tokens', align: 'right' }],
-        rows.map((r) => [r.src, String(r.dport), r.proto, String(r.drops), `${r.lastDropAgoSec.toFixed(1)}s ago`, String(r.tokens)]),
-      ));
-    });
-
-  program
-    .command('detach')
-    .description('remove the program from every interface and unpin it (stops limiting)')
-    .action(() => {
-      const names = detach(pins());
-      out(`connrate: detached${names.length ? ` from ${names.join(', ')}` : ''}; pins removed`);
+      out(bashCompletion(program));
     });
 
   return program;
@@ -260,18 +374,16 @@ export async function main(argv: string[]): Promise<number> {
     return EXIT.OK;
   } catch (err) {
     if (err instanceof CommanderError) {
-      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return EXIT.OK;
+      // --help, --version, "help": 0; a command group without its subcommand prints help and is a usage error
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT.OK;
+      if (err.code === 'commander.help') return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
       return EXIT.USAGE; // commander already printed the message
     }
     if (err instanceof ConnrateError) {
       process.stderr.write(`connrate: ${err.op}: ${err.message}\n`);
       return err.exitCode;
     }
-    if (err instanceof BpfError) {
-      process.stderr.write(`connrate: ${err.message}\n`);
-      return EXIT.FAILURE;
-    }
-    // a system error (ENOENT, EACCES …) is a message; a stack trace only on request
+    // a BPF or system error (ENOENT, EACCES …) is a message; a stack trace only on request
     const e = err as NodeJS.ErrnoException;
     process.stderr.write(`connrate: ${process.env.CONNRATE_DEBUG ? (e.stack ?? String(e)) : (e.message ?? String(e))}\n`);
     return EXIT.FAILURE;

@@ -3,7 +3,7 @@
  * and their meaning for the datapath.
  */
 import type { DatapathConfig } from '../control/abi.js';
-import { AddressError, parsePrefix } from '../control/addr.js';
+import { ALL_ADDRESSES, ALL_IPV4, AddressError, type Prefix, addrBytes, coversAll, parsePrefix } from '../control/addr.js';
 import { InvalidValueError } from '../errors.js';
 
 export const APPLICATION = 'securepoint_firewall';
@@ -128,16 +128,37 @@ export function canonicalValue(op: string, name: string, value: string): string 
       if (items.length > MAX_EXEMPT) refuse(op, def, value, `more than ${MAX_EXEMPT} prefixes`);
       const prefixes = new Set<string>();
       for (const item of items) {
+        let p: Prefix;
         try {
-          prefixes.add(parsePrefix(item).text);
+          p = parsePrefix(item);
         } catch (err) {
           if (err instanceof AddressError) refuse(op, def, value, err.message);
           throw err;
         }
+        const slash = item.indexOf('/');
+        if (slash >= 0 && !addrBytes(item.slice(0, slash)).equals(p.bytes)) {
+          const host = parsePrefix(item.slice(0, slash)).text;
+          refuse(op, def, value, `${item} has host bits set: write the network ${p.text}, or the single address ${host}`);
+        }
+        prefixes.add(p.text);
       }
       return formatList([...prefixes].sort());
     }
   }
+}
+
+/**
+ * What a valid value does that an admin should confirm: today, an exempt list
+ * that covers every IPv4 or every IPv6 source (nothing of that family would
+ * ever be limited). Empty when there is nothing to say.
+ */
+export function valueWarnings(name: string, canonical: string): string[] {
+  if (name !== 'CONNECTION_RATE_LIMIT_EXEMPT') return [];
+  const prefixes = (listItems(canonical) ?? []).map((p) => parsePrefix(p));
+  const v4 = coversAll(prefixes, ALL_IPV4);
+  const v6 = coversAll([...prefixes, ALL_IPV4], ALL_ADDRESSES);
+  const family = v4 && v6 ? '' : v4 ? 'IPv4 ' : v6 ? 'IPv6 ' : undefined;
+  return family === undefined ? [] : [`${name} ${canonical} exempts every ${family}source: no ${family}source would ever be limited`];
 }
 
 function formatList(items: readonly string[]): string {

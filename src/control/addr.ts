@@ -80,3 +80,29 @@ export function prefixText(bytes: Uint8Array, bits: number): string {
   const v4 = isV4Mapped(bytes) && bits >= V4_MAPPED_BITS;
   return parsePrefix(`${addrText(bytes)}/${v4 ? bits - V4_MAPPED_BITS : bits}`).text;
 }
+
+/** Whether prefix `outer` contains prefix `inner` (both in the 16-byte form). */
+function contains(outer: Prefix, inner: { bytes: Buffer; bits: number }): boolean {
+  return outer.bits <= inner.bits && maskBytes(Buffer.from(inner.bytes), outer.bits).equals(outer.bytes);
+}
+
+/**
+ * Whether the union of `prefixes` covers every address of `target`. Splits
+ * `target` in halves only where some prefix lies strictly inside it, so the
+ * work is bounded by the number of prefixes times the address length.
+ */
+export function coversAll(prefixes: readonly Prefix[], target: { bytes: Buffer; bits: number }): boolean {
+  if (prefixes.some((q) => contains(q, target))) return true;
+  if (target.bits >= ADDR_LEN * 8 || !prefixes.some((q) => q.bits > target.bits && contains({ ...target, text: '' }, q))) return false;
+  const bits = target.bits + 1;
+  const low = maskBytes(Buffer.from(target.bytes), bits);
+  const high = Buffer.from(low);
+  const byte = Math.floor(target.bits / 8);
+  high[byte] = (high[byte] ?? 0) | (0x80 >> (target.bits % 8));
+  return coversAll(prefixes, { bytes: low, bits }) && coversAll(prefixes, { bytes: high, bits });
+}
+
+/** Every IPv4 source (v4-mapped). */
+export const ALL_IPV4: Prefix = parsePrefix('::ffff:0:0/96');
+/** Every address, IPv6 and v4-mapped IPv4 alike. */
+export const ALL_ADDRESSES: Prefix = parsePrefix('::/0');

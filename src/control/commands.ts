@@ -40,6 +40,7 @@ export function updateRule(pins: PinDir, store: Store): UpdateResult {
     try {
       const before = dp.appliedConfig();
       const applied = dp.applyConfig(cfg, { logAnonymize: values.CONNECTION_RATE_LIMIT_LOG_ANONYMIZE === '1' });
+      pins.markApplied();
       const from = before ? fromDatapath(before) : {};
       return { generation: applied.generation, changes: diffValues(from, values), ms: performance.now() - t0 };
     } finally {

@@ -15,7 +15,7 @@ import { decodeEvent } from './abi.js';
 import { BlockLog, formatEvent } from './blocklog.js';
 import { xdpMode } from './commands.js';
 import { Datapath, type MapSizes } from './datapath.js';
-import { ConnrateMetrics, type Listen, serveMetrics } from './metrics.js';
+import { ConnrateMetrics, type Listen, type MetricsOptions, serveMetrics } from './metrics.js';
 import { NetWatcher, readNetState } from './netstate.js';
 import { PinDir } from './pins.js';
 
@@ -80,6 +80,7 @@ export class Daemon {
       if (!dp.appliedConfig()) {
         const values = opts.store.read();
         const applied = dp.applyConfig(resolve(values), { logAnonymize: values.CONNECTION_RATE_LIMIT_LOG_ANONYMIZE === '1' });
+        opts.pins.markApplied();
         info(`connrate: applied the ${opts.store.exists() ? `stored configuration (${opts.store.path})` : 'embedded defaults'}, generation ${applied.generation}`);
       }
       d.#attachAll(readNetState().defaultRouteInterfaces);
@@ -166,8 +167,8 @@ export class Daemon {
   }
 
   /** Serve Prometheus metrics until stop(). */
-  async serveMetrics(listen: Listen): Promise<void> {
-    const metrics = new ConnrateMetrics({ dp: this.dp, attachments: () => this.attachments });
+  async serveMetrics(listen: Listen, opts: MetricsOptions = {}): Promise<void> {
+    const metrics = new ConnrateMetrics({ dp: this.dp, attachments: () => this.attachments, appliedAt: () => this.opts.pins.appliedAt() }, opts);
     try {
       this.#metrics = await serveMetrics(listen, metrics);
     } catch (err) {
@@ -221,6 +222,9 @@ function attachWithFallback(prog: Program, ifname: string, ifindex: number, choi
       if (err instanceof BpfError && err.code === 'EBUSY') {
         throw new ConnrateError('run', 'EBUSY', `${ifname}: another XDP program is already attached (remove it, or run "connrate detach" if it is an old connrate)`);
       }
+      if (err instanceof BpfError) {
+        throw new ConnrateError('run', err.code, `${ifname}: cannot attach XDP in ${mode} mode: ${err.message}`, EXIT.FAILURE, { cause: err });
+      }
       throw err;
     }
   };
@@ -228,7 +232,7 @@ function attachWithFallback(prog: Program, ifname: string, ifindex: number, choi
   try {
     return { link: attach('native'), mode: 'native' };
   } catch (err) {
-    if (err instanceof ConnrateError) throw err;
+    if (err instanceof ConnrateError && err.code === 'EBUSY') throw err;
     info(`connrate: ${ifname}: native XDP unavailable (${(err as Error).message}); falling back to generic`);
     return { link: attach('generic'), mode: 'generic' };
   }

@@ -183,6 +183,11 @@ export class Datapath {
     this.#obj.close();
   }
 
+  /** The ABI fingerprint the maps carry (hex), or undefined before it is written. */
+  abiFingerprint(): string | undefined {
+    return this.map('abi_id').lookup(ZERO_KEY)?.toString('hex');
+  }
+
   // ------------------------------------------------------------ configuration
 
   activeSlot(): number {

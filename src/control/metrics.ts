@@ -1,39 +1,137 @@
 /**
- * Prometheus metrics (SPEC §5), read from the pinned maps at scrape time, so
- * they survive daemon restarts. Served on loopback by default; GET /metrics
- * only, 404 for everything else; nothing over HTTP changes anything.
+ * Prometheus metrics, read from the pinned maps at scrape time, so they survive
+ * daemon restarts. Served on loopback by default; GET /metrics only, 404 for
+ * everything else; nothing over HTTP changes anything.
+ *
+ * connrate_packets_total{result} partitions the packets the program saw: its
+ * sum is every packet. Error and loss counts are metrics of their own. Per-port
+ * series are bounded: the configured ports, the busiest others, and
+ * port="other" for the rest.
  */
 import { type Server, createServer } from 'node:http';
-import { isIP } from 'node:net';
-import { Counter, Gauge, Registry } from 'prom-client';
-import { InvalidValueError } from '../errors.js';
-import { COUNTER_NAMES } from './abi.js';
-import { type Stats, readStats } from './commands.js';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { version } from '../version.js';
+import type { CounterName, Proto } from './abi.js';
+import { type PortCounters, type Stats, readStats } from './commands.js';
 import type { Datapath } from './datapath.js';
+import type { Listen } from './listen.js';
 
-export const DEFAULT_METRICS = '127.0.0.1:9470';
+export { DEFAULT_METRICS, type Listen, parseListen } from './listen.js';
 
-export interface Listen {
-  readonly host: string;
-  readonly port: number;
-}
+/** How a datapath counter is exported. */
+type CounterExport =
+  /** A part of the partition of packets seen: connrate_packets_total{result}. */
+  | { readonly metric: 'packets' }
+  /** A reason counted within result="not_monitored": connrate_not_monitored_packets_total{reason}. */
+  | { readonly metric: 'not_monitored_reason' }
+  /** Something went wrong in the datapath: connrate_errors_total{kind}. */
+  | { readonly metric: 'errors' }
+  /** A counter with a metric of its own. */
+  | { readonly metric: 'own'; readonly name: string; readonly help: string }
+  /** Not exported: a sum of other series (seen, monitored). */
+  | { readonly metric: 'none' };
 
-/** "HOST:PORT", "[v6]:PORT" or "off" (undefined). */
-export function parseListen(value: string): Listen | undefined {
-  if (value === 'off') return undefined;
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(value);
-  const host = m?.[1] ?? m?.[2];
-  const port = Number(m?.[3]);
-  if (!m || !host || isIP(host) === 0 || port < 1 || port > 65535) {
-    throw new InvalidValueError('run', `--metrics ${JSON.stringify(value)}: expected HOST:PORT with an IP address (e.g. 127.0.0.1:9470, [::1]:9470) or off`);
-  }
-  return { host, port };
-}
+/**
+ * Every datapath counter's place in the metrics. Keyed by CounterName, so a
+ * counter added to the datapath does not compile until it is placed here.
+ */
+export const COUNTER_EXPORT: Readonly<Record<CounterName, CounterExport>> = {
+  seen: { metric: 'none' },
+  monitored: { metric: 'none' },
+  established: { metric: 'packets' },
+  exempt: { metric: 'packets' },
+  not_monitored: { metric: 'packets' },
+  unparsable: { metric: 'packets' },
+  new_allowed: { metric: 'packets' },
+  new_dropped: { metric: 'packets' },
+  new_would_drop: { metric: 'packets' },
+  fragment: { metric: 'not_monitored_reason' },
+  ipv6_ext_limit: { metric: 'not_monitored_reason' },
+  no_config: { metric: 'not_monitored_reason' },
+  cas_exhausted: { metric: 'errors' },
+  bucket_insert_fail: { metric: 'errors' },
+  flow_insert_fail: { metric: 'errors' },
+  port_stats_full: { metric: 'errors' },
+  events_lost: {
+    metric: 'own',
+    name: 'connrate_events_lost_total',
+    help: 'Log events lost because the ring buffer was full (those RATE-LIMIT lines were not written)',
+  },
+};
 
 export interface MetricsSource {
   readonly dp: Datapath;
   /** The interfaces attached and their XDP mode. */
   attachments(): readonly { ifname: string; mode: string }[];
+  /** When the configuration in force was applied (ms since the epoch); without it, no last-apply metric. */
+  appliedAt?(): number | undefined;
+}
+
+export interface MetricsOptions {
+  /** Per-port series besides the configured ports (default 10). */
+  readonly topPorts?: number;
+}
+
+const DEFAULT_TOP_PORTS = 10;
+const VERDICTS = ['allowed', 'dropped', 'would_drop'] as const;
+type Verdict = (typeof VERDICTS)[number];
+const OTHER = 'other';
+
+function countOf(p: PortCounters, v: Verdict): bigint {
+  return v === 'allowed' ? p.allowed : v === 'dropped' ? p.dropped : p.wouldDrop;
+}
+
+/**
+ * Which ports get series of their own. A port, once named, stays named for the
+ * life of the process, and port="other" keeps what a port had counted there
+ * before it was named, so every series only grows: no false counter resets,
+ * and sums of rates stay right (a new series counts from its first sample).
+ */
+export class PortSeries {
+  readonly #named = new Set<string>();
+  #others = 0;
+  /** `${proto}/${verdict}` → what named ports had counted under "other". */
+  readonly #carried = new Map<string, bigint>();
+  /** Each unnamed port's counts as last reported under "other". */
+  readonly #inOther = new Map<string, PortCounters>();
+
+  constructor(readonly topOthers: number) {}
+
+  /** The series for one scrape: [proto, port label, verdict, value]. */
+  series(ports: readonly PortCounters[], configured: Readonly<Record<Proto, readonly number[]>>): [Proto, string, Verdict, bigint][] {
+    const key = (p: { proto: Proto; port: number }): string => `${p.proto}/${p.port}`;
+    const name = (p: PortCounters): void => {
+      if (this.#named.has(key(p))) return;
+      this.#named.add(key(p));
+      const reported = this.#inOther.get(key(p));
+      if (!reported) return;
+      this.#inOther.delete(key(p));
+      for (const v of VERDICTS) this.#carried.set(`${p.proto}/${v}`, (this.#carried.get(`${p.proto}/${v}`) ?? 0n) + countOf(reported, v));
+    };
+    for (const p of ports) if (configured[p.proto].includes(p.port)) name(p);
+    const total = (p: PortCounters): bigint => p.allowed + p.dropped + p.wouldDrop;
+    const candidates = ports.filter((p) => !this.#named.has(key(p))).sort((a, b) => (total(b) > total(a) ? 1 : total(b) < total(a) ? -1 : 0));
+    for (const p of candidates) {
+      if (this.#others >= this.topOthers) break;
+      name(p);
+      this.#others++;
+    }
+    const out: [Proto, string, Verdict, bigint][] = [];
+    const other = new Map(this.#carried);
+    for (const p of ports) {
+      if (this.#named.has(key(p))) {
+        for (const v of VERDICTS) out.push([p.proto, String(p.port), v, countOf(p, v)]);
+        continue;
+      }
+      this.#inOther.set(key(p), p);
+      for (const v of VERDICTS) other.set(`${p.proto}/${v}`, (other.get(`${p.proto}/${v}`) ?? 0n) + countOf(p, v));
+    }
+    for (const [k, n] of other) {
+      const [proto, v] = k.split('/') as [Proto, Verdict];
+      out.push([proto, OTHER, v, n]);
+    }
+    return out;
+  }
 }
 
 /** A registry whose collectors read the datapath when scraped. */
@@ -41,8 +139,9 @@ export class ConnrateMetrics {
   readonly registry = new Registry();
   #snapshot: Stats | undefined;
 
-  constructor(private readonly src: MetricsSource) {
-    register(this.registry, src, () => (this.#snapshot ??= readStats(this.src.dp)));
+  constructor(src: MetricsSource, opts: MetricsOptions = {}) {
+    register(this.registry, src, () => (this.#snapshot ??= readStats(src.dp)), new PortSeries(opts.topPorts ?? DEFAULT_TOP_PORTS));
+    collectDefaultMetrics({ register: this.registry });
   }
 
   /** The text exposition, from one read of the maps. */
@@ -56,33 +155,63 @@ export class ConnrateMetrics {
   }
 }
 
-function register(registry: Registry, src: MetricsSource, stats: () => Stats): void {
+function register(registry: Registry, src: MetricsSource, stats: () => Stats, portSeries: PortSeries): void {
+  const counters = (metric: 'packets' | 'not_monitored_reason' | 'errors'): [string, bigint][] =>
+    Object.entries(stats().counters).filter(([name]) => COUNTER_EXPORT[name as CounterName]?.metric === metric);
   new Counter({
     name: 'connrate_new_connections_total',
-    help: 'New connections judged per protocol and destination port, by verdict (would_drop: log mode)',
+    help: 'New connections judged, per protocol and destination port, by verdict (would_drop: log mode). Ports: the configured ones, the busiest others, and port="other" for the rest',
     labelNames: ['proto', 'port', 'verdict'] as const,
     registers: [registry],
     collect() {
       this.reset();
-      for (const p of stats().ports) {
-        const labels = { proto: p.proto, port: String(p.port) };
-        this.inc({ ...labels, verdict: 'allowed' }, Number(p.allowed));
-        this.inc({ ...labels, verdict: 'dropped' }, Number(p.dropped));
-        this.inc({ ...labels, verdict: 'would_drop' }, Number(p.wouldDrop));
-      }
+      const cfg = src.dp.appliedConfig();
+      const configured = { tcp: cfg?.tcp.ports ?? [], udp: cfg?.udp.ports ?? [] };
+      for (const [proto, port, verdict, n] of portSeries.series(stats().ports, configured)) this.inc({ proto, port, verdict }, Number(n));
     },
   });
   new Counter({
     name: 'connrate_packets_total',
-    help: 'Packets seen by the XDP program, by result',
+    help: 'Packets seen by the XDP program, by result; the results partition them, so the sum is every packet seen',
     labelNames: ['result'] as const,
     registers: [registry],
     collect() {
       this.reset();
-      const c = stats().counters;
-      for (const name of COUNTER_NAMES) this.inc({ result: name }, Number(c[name]));
+      for (const [result, n] of counters('packets')) this.inc({ result }, Number(n));
     },
   });
+  new Counter({
+    name: 'connrate_not_monitored_packets_total',
+    help: 'Packets counted as result="not_monitored" for these reasons (a part of them): non-first fragments, IPv6 extension chains too long, no configuration applied yet',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [reason, n] of counters('not_monitored_reason')) this.inc({ reason }, Number(n));
+    },
+  });
+  new Counter({
+    name: 'connrate_errors_total',
+    help: 'Datapath errors by kind: cas_exhausted (a bucket update lost every retry; the packet was dropped), bucket_insert_fail and flow_insert_fail (a map refused a new key), port_stats_full (per-port counters full)',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [kind, n] of counters('errors')) this.inc({ kind }, Number(n));
+    },
+  });
+  for (const [counter, how] of Object.entries(COUNTER_EXPORT) as [CounterName, CounterExport][]) {
+    if (how.metric !== 'own') continue;
+    new Counter({
+      name: how.name,
+      help: how.help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(Number(stats().counters[counter] ?? 0n));
+      },
+    });
+  }
   new Gauge({
     name: 'connrate_tracked_buckets',
     help: '(source, port, protocol) keys with a token bucket',
@@ -107,6 +236,34 @@ function register(registry: Registry, src: MetricsSource, stats: () => Stats): v
     collect() {
       this.set({ map: 'buckets' }, stats().bucketCapacity);
       this.set({ map: 'udp_flows' }, stats().flowCapacity);
+    },
+  });
+  new Gauge({
+    name: 'connrate_config_generation',
+    help: 'Generation of the configuration in force (bumped by every apply; 0: none applied)',
+    registers: [registry],
+    collect() {
+      this.set(Number(src.dp.appliedConfig()?.generation ?? 0n));
+    },
+  });
+  new Gauge({
+    name: 'connrate_config_last_apply_timestamp_seconds',
+    help: 'When the configuration in force was applied (system update rule, or the daemon applying the store), Unix time',
+    registers: [registry],
+    collect() {
+      const at = src.appliedAt?.();
+      this.reset();
+      if (at !== undefined) this.set(at / 1000);
+    },
+  });
+  new Gauge({
+    name: 'connrate_build_info',
+    help: 'This connrate: its version, the ABI fingerprint of the datapath it runs (first 12 hex digits) and the Node.js version (value 1)',
+    labelNames: ['version', 'abi', 'node'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.set({ version: version(), abi: src.dp.abiFingerprint()?.slice(0, 12) ?? 'none', node: process.versions.node }, 1);
     },
   });
   new Gauge({

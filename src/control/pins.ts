@@ -9,16 +9,19 @@
  * configuration takes one on <dir>/maps.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, readdirSync, rmdirSync, statfsSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, rmdirSync, statSync, statfsSync, unlinkSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ConnrateError } from '../errors.js';
 import { mkdirs } from '../fs.js';
-import { FileLock } from '../lock.js';
+import { flock } from '@xdp-ts/loader';
+import { FileLock, type TryFlock } from '../lock.js';
 
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/connrate';
 const BPF_FS_ROOT = '/sys/fs/bpf';
 const BPF_FS_MAGIC = 0xcafe4a11;
 const DIR_MODE = 0o700;
+/** The addon's flock(2): no child process per attempt (datapath commands have the addon loaded anyway). */
+const tryFlock: TryFlock = (fd) => flock(fd, 'exclusive', false);
 
 export function pinDirPath(): string {
   return process.env.CONNRATE_PIN_DIR || DEFAULT_PIN_DIR;
@@ -125,7 +128,7 @@ export class PinDir {
 
   /** The daemon's lock: fails at once when another daemon holds it. */
   lockDaemon(): FileLock {
-    return FileLock.acquire(this.dir, { directory: true, waitMs: 0, holder: 'another connrate daemon (is one already running?)' });
+    return FileLock.acquire(this.dir, { directory: true, waitMs: 0, holder: 'another connrate daemon (is one already running?)', tryFlock });
   }
 
   /** Whether a daemon holds the lock right now. */
@@ -139,8 +142,27 @@ export class PinDir {
     }
   }
 
+  /**
+   * Record now as the time the configuration in force was applied: the
+   * modification time of the pinned config map (bpffs keeps inode times, and
+   * map updates leave them alone), so every process and a restarted daemon see it.
+   */
+  markApplied(): void {
+    const now = new Date();
+    utimesSync(this.mapPin('config'), now, now);
+  }
+
+  /** When the configuration in force was applied (ms since the epoch), if a datapath is pinned. */
+  appliedAt(): number | undefined {
+    try {
+      return statSync(this.mapPin('config')).mtimeMs;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Serializes configuration applies (`system update rule`). */
   lockApply(): FileLock {
-    return FileLock.acquire(this.maps, { directory: true, holder: 'another "system update rule"' });
+    return FileLock.acquire(this.maps, { directory: true, holder: 'another "system update rule"', tryFlock });
   }
 }

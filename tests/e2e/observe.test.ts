@@ -10,6 +10,7 @@ let tb: Testbed;
 let app: Appliance;
 let servers: { stop(): Promise<void> };
 const METRICS = '127.0.0.1:9470';
+const STARTED = Date.now();
 
 beforeAll(async () => {
   tb = createTestbed();
@@ -83,6 +84,18 @@ describe('a scripted scene', () => {
     expect(metric(m.body, 'connrate_new_connections_total', { proto: 'tcp', port: '22' })).toBeUndefined(); // never monitored
     expect(metric(m.body, 'connrate_packets_total', { result: 'exempt' })).toBe(4);
     expect(metric(m.body, 'connrate_packets_total', { result: 'new_dropped' })).toBe(6);
+    // the results partition the packets seen: no "seen" or "monitored" beside their parts, no error counts
+    const results = m.body.split('\n').filter((l) => l.startsWith('connrate_packets_total{')).map((l) => /result="(\w+)"/.exec(l)?.[1]);
+    expect(results.sort()).toEqual(['established', 'exempt', 'new_allowed', 'new_dropped', 'new_would_drop', 'not_monitored', 'unparsable']);
+    expect(results.reduce((sum, r) => sum + metric(m.body, 'connrate_packets_total', { result: r! })!, 0)).toBeGreaterThanOrEqual(c.seen!);
+    for (const kind of ['cas_exhausted', 'bucket_insert_fail', 'flow_insert_fail', 'port_stats_full']) expect(metric(m.body, 'connrate_errors_total', { kind })).toBe(0);
+    expect(metric(m.body, 'connrate_events_lost_total', {})).toBe(0);
+    expect(m.body).toMatch(/^connrate_build_info\{version="\d+\.\d+\.\d+[^"]*",abi="[0-9a-f]{12}",node="\d+\.\d+\.\d+"\} 1$/m);
+    expect(metric(m.body, 'connrate_config_generation', {})).toBe(1);
+    const appliedAt = metric(m.body, 'connrate_config_last_apply_timestamp_seconds', {})!;
+    expect(appliedAt).toBeGreaterThan(STARTED / 1000 - 1);
+    expect(appliedAt).toBeLessThanOrEqual(Date.now() / 1000);
+    expect(metric(m.body, 'process_cpu_seconds_total', {})).toBeGreaterThan(0);
     expect(metric(m.body, 'connrate_tracked_buckets', {})).toBe(3); // A/443, A/1194, B/443
     expect(metric(m.body, 'connrate_map_capacity', { map: 'buckets' })).toBe(262144);
     expect(metric(m.body, 'connrate_info', { interface: tb.appIf, xdp_mode: 'native' })).toBe(1);
@@ -96,14 +109,18 @@ describe('a scripted scene', () => {
 
   it('logs a limited key once per minute however often it is dropped', async () => {
     const before = app.log.split('\n').filter((l) => l.includes('RATE-LIMIT')).length;
-    const r = await tb.client(tcp(A(), 443, 4)); // a token may have come back meanwhile (one per 3 s)
-    expect(r.failed).toBeGreaterThanOrEqual(3);
+    const r = await tb.client(tcp(A(), 443, 10)); // tokens come back meanwhile (one per 3 s), but never more than the burst of 5
+    expect(r.failed).toBeGreaterThanOrEqual(5);
     expect(app.log.split('\n').filter((l) => l.includes('RATE-LIMIT')).length).toBe(before);
   });
 
-  it('anonymizes log sources when asked', async () => {
+  it('anonymizes log sources when asked; the metrics show the new configuration and when it was applied', async () => {
     app.configure({ CONNECTION_RATE_LIMIT_LOG_ANONYMIZE: '1' });
+    const before = Date.now() / 1000;
     expect(app.updateRule().status).toBe(0);
+    const m = http('/metrics').body;
+    expect(metric(m, 'connrate_config_generation', {})).toBe(2);
+    expect(metric(m, 'connrate_config_last_apply_timestamp_seconds', {})).toBeGreaterThanOrEqual(Math.floor(before));
     expect(await tb.client(tcp(tb.internetClients4[2]!, 443, 7))).toMatchObject({ ok: 5 });
     await new Promise((r) => setTimeout(r, 200));
     expect(app.log).toContain('connrate: RATE-LIMIT DROP src=198.19.1.0 dport=443 proto=tcp rate=20/min burst=5');

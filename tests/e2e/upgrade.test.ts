@@ -76,7 +76,7 @@ describe('upgrades over pinned state', () => {
     expect(await tb.client(tcp(tb.internetClients4[1]!, 1))).toMatchObject({ ok: 0 }); // still enforcing, same state
     const status = tb.exec(tb.net, [BIN, 'status'], { env: { CONNRATE_BPF_OBJECT: incompatible } });
     expect(status.status).toBe(1);
-    expect(status.stderr).toMatch(/incompatible/);
+    expect(status.stderr).toMatch(/^connrate: status: the datapath pinned at .* was made by an incompatible connrate build \(ABI fingerprint [0-9a-f]{12}…, this build has [0-9a-f]{12}…\); run "connrate detach" to remove it/);
   });
 });
 
@@ -112,7 +112,7 @@ describe('two daemons at once', () => {
     await waitFor(() => outputs.some((o) => o.text.includes('running on')) && outputs.some((o) => o.exited), 15_000, 'one daemon up, one refused');
     const refused = outputs.find((o) => o.exited)!;
     expect(refused.code).toBe(1);
-    expect(refused.text).toMatch(/already running/);
+    expect(refused.text).toMatch(/^connrate: lock: \S+ is locked by another connrate daemon \(is one already running\?\)$/m);
     expect(tb.exec(tb.app, ['ip', '-d', 'link', 'show', tb.appIf]).stdout.match(/prog\/xdp id/g)).toHaveLength(1);
     for (const c of [a, b]) if (c.exitCode === null) c.kill('SIGTERM');
     await Promise.all([a, b].map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.on('exit', r)) : undefined)));

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Store } from '../../src/config/store.js';
-import { APPLICATION, canonicalValue, defaults, diffValues, fromDatapath, resolve } from '../../src/config/variables.js';
+import { APPLICATION, canonicalValue, defaults, diffValues, fromDatapath, resolve, valueWarnings } from '../../src/config/variables.js';
 import { InvalidValueError, StoreError } from '../../src/errors.js';
 
 const set = (name: string, value: string) => canonicalValue('test', name, value);
@@ -33,8 +33,35 @@ describe('values', () => {
     expect(set('CONNECTION_RATE_LIMIT_UDP_PORTS', '[ 1 65535 ]')).toBe('[ 1 65535 ]');
   });
 
-  it('normalise exempt prefixes', () => {
-    expect(set('CONNECTION_RATE_LIMIT_EXEMPT', '[ 198.51.100.7/24 2001:db8::1 ]')).toBe('[ 198.51.100.0/24 2001:db8::1/128 ]');
+  it('normalise exempt prefixes: a bare address is a host prefix', () => {
+    expect(set('CONNECTION_RATE_LIMIT_EXEMPT', '[ 198.51.100.0/24 2001:db8::1 198.51.100.7 ]')).toBe('[ 198.51.100.0/24 198.51.100.7/32 2001:db8::1/128 ]');
+  });
+
+  it('refuse a prefix with host bits set, naming the variable, the value and the network', () => {
+    expect(() => set('CONNECTION_RATE_LIMIT_EXEMPT', '[ 198.51.100.7/24 ]')).toThrow(
+      'CONNECTION_RATE_LIMIT_EXEMPT: "[ 198.51.100.7/24 ]" is not allowed (198.51.100.7/24 has host bits set: write the network 198.51.100.0/24, or the single address 198.51.100.7/32)',
+    );
+    expect(() => set('CONNECTION_RATE_LIMIT_EXEMPT', '[ 2001:db8::1/32 ]')).toThrow('2001:db8::1/32 has host bits set: write the network 2001:db8::/32');
+  });
+
+  it('refuse an empty value, naming the variable', () => {
+    expect(() => set('CONNECTION_RATE_LIMIT_UDP', '')).toThrow('CONNECTION_RATE_LIMIT_UDP: "" is not allowed; expected an integer from 0 to 1000000');
+    expect(() => set('CONNECTION_RATE_LIMIT_UDP_PORTS', '')).toThrow('CONNECTION_RATE_LIMIT_UDP_PORTS: "" is not allowed (not a bracketed list)');
+  });
+
+  it.each([
+    ['[ 0.0.0.0/0 ]', 'exempts every IPv4 source: no IPv4 source would ever be limited'],
+    ['[ 0.0.0.0/1 128.0.0.0/1 ]', 'exempts every IPv4 source'],
+    ['[ ::/0 ]', 'exempts every source: no source would ever be limited'],
+    ['[ 0.0.0.0/0 ::/1 8000::/1 ]', 'exempts every source'],
+    ['[ ::/1 8000::/1 ]', 'exempts every source'], // ::ffff:0:0/96, IPv4, lies inside ::/1
+    ['[ 2000::/3 ::/3 4000::/2 8000::/1 ]', 'exempts every source'],
+  ])('warn before exempting everything: %s', (value, warning) => {
+    expect(valueWarnings('CONNECTION_RATE_LIMIT_EXEMPT', set('CONNECTION_RATE_LIMIT_EXEMPT', value)).join()).toContain(warning);
+  });
+
+  it.each([['[ ]'], ['[ 0.0.0.0/1 ]'], ['[ 198.51.100.0/24 2001:db8::/32 ]'], ['[ 2000::/3 ]']])('say nothing about a partial exempt list: %s', (value) => {
+    expect(valueWarnings('CONNECTION_RATE_LIMIT_EXEMPT', set('CONNECTION_RATE_LIMIT_EXEMPT', value))).toEqual([]);
   });
 
   it.each([
@@ -94,7 +121,7 @@ describe('store', () => {
     const before = readFileSync(store.path);
     expect(() => store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', 'x')).toThrow(InvalidValueError);
     expect(() => store.set('other_app', 'CONNECTION_RATE_LIMIT_TCP', '5')).toThrow(/unknown application "other_app"/);
-    expect(() => store.set(APPLICATION, 'NOPE', '5')).toThrow(/unknown variable/);
+    expect(() => store.set(APPLICATION, 'NOPE', '5')).toThrow('unknown variable "NOPE" of application securepoint_firewall; known: CONNECTION_RATE_LIMIT_TCP,');
     expect(readFileSync(store.path).equals(before)).toBe(true);
   });
 
@@ -108,6 +135,35 @@ describe('store', () => {
       expect(() => store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_UDP', '10')).toThrow(StoreError);
       expect(readFileSync(store.path, 'utf8')).toBe(bad);
     }
+  });
+
+  it('resets a variable to its fresh-install default', () => {
+    store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_UDP', '10');
+    expect(store.reset(APPLICATION, 'CONNECTION_RATE_LIMIT_UDP')).toEqual({ name: 'CONNECTION_RATE_LIMIT_UDP', from: '10', to: '20' });
+    expect(store.read().CONNECTION_RATE_LIMIT_UDP).toBe('20');
+    expect(() => store.reset(APPLICATION, 'NOPE')).toThrow('unknown variable "NOPE" of application securepoint_firewall');
+  });
+
+  it('keeps variables and fields it does not know, warns once, and writes them back unchanged', () => {
+    const warnings: string[] = [];
+    const newer = {
+      version: 1,
+      application: APPLICATION,
+      written_by: 'a newer connrate',
+      values: { CONNECTION_RATE_LIMIT_TCP: '20', CONNECTION_RATE_LIMIT_FUTURE: '[ 1 2 ]', CONNECTION_RATE_LIMIT_OBJECT: { nested: true } },
+    };
+    store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', '5'); // creates the directory
+    writeFileSync(store.path, JSON.stringify(newer));
+    const s = new Store(store.path, (w) => warnings.push(w));
+    expect(s.read()).toEqual({ ...defaults(), CONNECTION_RATE_LIMIT_TCP: '20' });
+    expect(s.read()).toEqual({ ...defaults(), CONNECTION_RATE_LIMIT_TCP: '20' });
+    expect(warnings).toEqual([
+      `${store.path}: ignoring CONNECTION_RATE_LIMIT_FUTURE, CONNECTION_RATE_LIMIT_OBJECT, field written_by, unknown to this connrate (written by a newer version?); kept as they are`,
+    ]);
+    s.set(APPLICATION, 'CONNECTION_RATE_LIMIT_UDP', '10');
+    const after = JSON.parse(readFileSync(store.path, 'utf8')) as typeof newer & { values: Record<string, unknown> };
+    expect(after.written_by).toBe('a newer connrate');
+    expect(after.values).toMatchObject({ ...newer.values, CONNECTION_RATE_LIMIT_UDP: '10' });
   });
 
   it('names a store it cannot read, or one that is not a connrate store', () => {
