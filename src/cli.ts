@@ -13,7 +13,8 @@ import { Store } from './config/store.js';
 import { APPLICATION, VARIABLES, canonicalValue, checkApplication, lookupVariable, valueWarnings } from './config/variables.js';
 import type { Stats } from './control/commands.js';
 import type { XdpModeChoice } from './control/daemon.js';
-import { DEFAULT_METRICS, parseListen } from './control/listen.js';
+import type { PortRow } from './control/metrics.js';
+import { DEFAULT_METRICS, DEFAULT_TOP_PORTS, parseListen } from './control/listen.js';
 import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
 import { version } from './version.js';
@@ -21,8 +22,6 @@ import { version } from './version.js';
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
 /** Smallest map a daemon accepts: below this an LRU map evicts constantly. */
 const MIN_MAP_ENTRIES = 1024;
-/** Per-port metric series besides the configured ports. */
-const DEFAULT_TOP_PORTS = 10;
 
 function json(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? (Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()) : v), 2);
@@ -64,13 +63,14 @@ function keywords(op: string, words: string[], expected: readonly string[], opti
 /** The datapath modules, loaded only by commands that need the native addon. */
 async function datapathModules(op: string) {
   try {
-    const [commands, daemon, datapath, pins] = await Promise.all([
+    const [commands, daemon, datapath, metrics, pins] = await Promise.all([
       import('./control/commands.js'),
       import('./control/daemon.js'),
       import('./control/datapath.js'),
+      import('./control/metrics.js'),
       import('./control/pins.js'),
     ]);
-    return { ...commands, ...daemon, ...datapath, ...pins };
+    return { ...commands, ...daemon, ...datapath, ...metrics, ...pins };
   } catch (err) {
     throw new ConnrateError(
       op,
@@ -82,7 +82,7 @@ async function datapathModules(op: string) {
   }
 }
 
-function printStats(s: Stats, rates?: Record<string, number>): void {
+function printStats(s: Stats, ports: readonly PortRow[], rates?: Record<string, number>): void {
   const rate = (k: string): string[] => (rates ? [(rates[k] ?? 0).toFixed(1)] : []);
   const rateCol = rates ? [{ header: 'per s', align: 'right' as const }] : [];
   out(
@@ -93,13 +93,12 @@ function printStats(s: Stats, rates?: Record<string, number>): void {
   );
   out('');
   const tot = { allowed: 0n, dropped: 0n, wouldDrop: 0n };
-  const rows = s.ports.map((p) => {
+  for (const p of s.ports) {
     tot.allowed += p.allowed;
     tot.dropped += p.dropped;
     tot.wouldDrop += p.wouldDrop;
-    const key = `${p.proto}/${p.port}`;
-    return [p.proto, String(p.port), String(p.allowed), String(p.dropped), String(p.wouldDrop), ...rate(`${key}/dropped`)];
-  });
+  }
+  const rows = ports.map((p) => [p.proto, p.port, String(p.allowed), String(p.dropped), String(p.wouldDrop), ...rate(`${p.proto}/${p.port}/dropped`)]);
   rows.push(['total', '', String(tot.allowed), String(tot.dropped), String(tot.wouldDrop), ...(rates ? [''] : [])]);
   out(
     table(
@@ -118,11 +117,16 @@ function printStats(s: Stats, rates?: Record<string, number>): void {
   out(`tracked: ${s.trackedBuckets}/${s.bucketCapacity} buckets, ${s.trackedFlows}/${s.flowCapacity} UDP flows`);
 }
 
-function statsRates(prev: Stats, cur: Stats, seconds: number): Record<string, number> {
+/** Every port as a row of its own (--all-ports, --json). */
+function allPortRows(s: Stats): PortRow[] {
+  return s.ports.map((p) => ({ ...p, port: String(p.port) }));
+}
+
+function statsRates(prev: Stats, prevPorts: readonly PortRow[], cur: Stats, curPorts: readonly PortRow[], seconds: number): Record<string, number> {
   const r: Record<string, number> = {};
   for (const [n, v] of Object.entries(cur.counters)) r[n] = Number(v - (prev.counters[n as keyof Stats['counters']] ?? 0n)) / seconds;
-  for (const p of cur.ports) {
-    const before = prev.ports.find((q) => q.proto === p.proto && q.port === p.port);
+  for (const p of curPorts) {
+    const before = prevPorts.find((q) => q.proto === p.proto && q.port === p.port);
     r[`${p.proto}/${p.port}/dropped`] = Number(p.dropped - (before?.dropped ?? 0n)) / seconds;
   }
   return r;
@@ -304,27 +308,37 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
     program
       .command('stats')
       .description('counters: packets by outcome, new connections by port')
-      .option('--json', 'JSON output')
-      .option('--watch <seconds>', 'print again every N seconds, with per-second rates', positiveInt('--watch')),
-  ).action(async (o: { json?: boolean; watch?: number }) => {
+      .option('--json', 'JSON output (every port)')
+      .option('--watch <seconds>', 'print again every N seconds, with per-second rates', positiveInt('--watch'))
+      .option('--all-ports', `a row for every port; without it, the configured ports, the ${DEFAULT_TOP_PORTS} busiest others, and port "other" for the rest`),
+  ).action(async (o: { json?: boolean; watch?: number; allPorts?: boolean }) => {
     const m = await datapathModules('stats');
-    const pins = new m.PinDir();
+    const dp = m.Datapath.open('stats', new m.PinDir());
+    // one PortSeries for the whole run: a port once named keeps its row, and "other" only grows
+    const series = new m.PortSeries(DEFAULT_TOP_PORTS);
+    const read = (): [Stats, PortRow[]] => {
+      const s = m.readStats(dp);
+      return [s, o.json || o.allPorts ? allPortRows(s) : m.portRows(series, s.ports, m.configuredPorts(dp))];
+    };
     if (!o.watch) {
-      const s = m.stats(pins);
-      return o.json ? out(json(s)) : printStats(s);
+      try {
+        const [s, ports] = read();
+        return o.json ? out(json(s)) : printStats(s, ports);
+      } finally {
+        dp.close();
+      }
     }
-    const dp = m.Datapath.open('stats', pins);
-    let prev = m.readStats(dp);
+    let [prev, prevPorts] = read();
     for (;;) {
       await new Promise((r) => setTimeout(r, o.watch! * 1000));
-      const cur = m.readStats(dp);
-      const rates = statsRates(prev, cur, o.watch);
+      const [cur, curPorts] = read();
+      const rates = statsRates(prev, prevPorts, cur, curPorts, o.watch);
       if (o.json) out(json({ ...cur, rates }));
       else {
         out(`--- ${new Date().toISOString()}`);
-        printStats(cur, rates);
+        printStats(cur, curPorts, rates);
       }
-      prev = cur;
+      [prev, prevPorts] = [cur, curPorts];
     }
   });
 
@@ -367,7 +381,21 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
   return program;
 }
 
+/**
+ * A reader that stops early (`connrate stats | head -1`) closes the pipe: the
+ * next write fails with EPIPE. That ends the command quietly with status 0, as
+ * it would for any Unix tool; `stats --watch` stops there too.
+ */
+function exitQuietlyOnClosedStdout(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT.OK);
+    process.stderr.write(`connrate: writing the output: ${err.message}\n`);
+    process.exit(EXIT.FAILURE);
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
+  exitQuietlyOnClosedStdout();
   const program = buildProgram();
   try {
     await program.parseAsync(argv, { from: 'user' });

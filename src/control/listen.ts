@@ -4,6 +4,9 @@ import { InvalidValueError } from '../errors.js';
 
 export const DEFAULT_METRICS = '127.0.0.1:9470';
 
+/** Per-port metric series, and `connrate stats` rows, besides the configured ports: the N busiest others. */
+export const DEFAULT_TOP_PORTS = 10;
+
 export interface Listen {
   readonly host: string;
   readonly port: number;

@@ -14,7 +14,7 @@ import { version } from '../version.js';
 import type { CounterName, Proto } from './abi.js';
 import { type PortCounters, type Stats, readStats } from './commands.js';
 import type { Datapath } from './datapath.js';
-import type { Listen } from './listen.js';
+import { DEFAULT_TOP_PORTS, type Listen } from './listen.js';
 
 export { DEFAULT_METRICS, type Listen, parseListen } from './listen.js';
 
@@ -72,7 +72,6 @@ export interface MetricsOptions {
   readonly topPorts?: number;
 }
 
-const DEFAULT_TOP_PORTS = 10;
 const VERDICTS = ['allowed', 'dropped', 'would_drop'] as const;
 type Verdict = (typeof VERDICTS)[number];
 const OTHER = 'other';
@@ -134,6 +133,39 @@ export class PortSeries {
   }
 }
 
+/** One row of `connrate stats`: a port's counts, or the sum of a protocol's other ports (port "other"). */
+export interface PortRow {
+  readonly proto: Proto;
+  readonly port: string;
+  readonly allowed: bigint;
+  readonly dropped: bigint;
+  readonly wouldDrop: bigint;
+}
+
+/**
+ * The ports of a PortSeries as table rows, per protocol: the named ports in
+ * port order, then "other". The same selection as the metrics.
+ */
+export function portRows(series: PortSeries, ports: readonly PortCounters[], configured: Readonly<Record<Proto, readonly number[]>>): PortRow[] {
+  const rows = new Map<string, { proto: Proto; port: string; allowed: bigint; dropped: bigint; wouldDrop: bigint }>();
+  for (const [proto, port, verdict, n] of series.series(ports, configured)) {
+    const key = `${proto}/${port}`;
+    const row = rows.get(key) ?? { proto, port, allowed: 0n, dropped: 0n, wouldDrop: 0n };
+    if (verdict === 'allowed') row.allowed = n;
+    else if (verdict === 'dropped') row.dropped = n;
+    else row.wouldDrop = n;
+    rows.set(key, row);
+  }
+  const order = (r: PortRow): number => (r.port === OTHER ? Number.POSITIVE_INFINITY : Number(r.port));
+  return [...rows.values()].sort((a, b) => a.proto.localeCompare(b.proto) || order(a) - order(b));
+}
+
+/** The ports named in the configuration in force, per protocol (none: no configuration, or every port monitored). */
+export function configuredPorts(dp: Datapath): Record<Proto, readonly number[]> {
+  const cfg = dp.appliedConfig();
+  return { tcp: cfg?.tcp.ports ?? [], udp: cfg?.udp.ports ?? [] };
+}
+
 /** A registry whose collectors read the datapath when scraped. */
 export class ConnrateMetrics {
   readonly registry = new Registry();
@@ -165,9 +197,7 @@ function register(registry: Registry, src: MetricsSource, stats: () => Stats, po
     registers: [registry],
     collect() {
       this.reset();
-      const cfg = src.dp.appliedConfig();
-      const configured = { tcp: cfg?.tcp.ports ?? [], udp: cfg?.udp.ports ?? [] };
-      for (const [proto, port, verdict, n] of portSeries.series(stats().ports, configured)) this.inc({ proto, port, verdict }, Number(n));
+      for (const [proto, port, verdict, n] of portSeries.series(stats().ports, configuredPorts(src.dp))) this.inc({ proto, port, verdict }, Number(n));
     },
   });
   new Counter({

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { COUNTER_EXPORT, ConnrateMetrics, PortSeries } from '../../src/control/metrics.js';
+import { COUNTER_EXPORT, ConnrateMetrics, PortSeries, portRows } from '../../src/control/metrics.js';
 import type { PortCounters } from '../../src/control/commands.js';
 import { APPLIANCE4, type Bench, CLIENT4, CLIENT4B, FOREIGN4, openBench, syn, udp } from './harness.js';
 
@@ -131,5 +131,24 @@ describe('per-port series', () => {
     rows = ps.series([port(53, 9), port(54, 4)], { tcp: [], udp: [] }); // configured no more: it stays named
     expect(value(rows, '53')).toBe(9n);
     expect(value(rows, 'other')).toBe(11n);
+  });
+
+  it('give `connrate stats` its rows: configured ports, the busiest others, then "other" per protocol', () => {
+    const tcp = (p: number, allowed: number): PortCounters => ({ ...port(p, allowed), proto: 'tcp' });
+    const ports = [tcp(22, 1), tcp(80, 50), tcp(443, 2), tcp(8080, 9), port(53, 30, 4), port(123, 1), port(1194, 5)];
+    const rows = portRows(new PortSeries(2), ports, { tcp: [443], udp: [1194] });
+    expect(rows.map((r) => `${r.proto}/${r.port}:${r.allowed}/${r.dropped}`)).toEqual([
+      'tcp/80:50/0', // the busiest others: tcp/80 (50) and udp/53 (34)
+      'tcp/443:2/0', // configured
+      'tcp/other:10/0', // 22 and 8080
+      'udp/53:30/4',
+      'udp/1194:5/0', // configured
+      'udp/other:1/0', // 123
+    ]);
+    // the rows add up to every port
+    const sum = (xs: readonly { allowed: bigint; dropped: bigint }[]): bigint => xs.reduce((n, r) => n + r.allowed + r.dropped, 0n);
+    expect(sum(rows)).toBe(sum(ports));
+    // nothing to fold: no "other" row
+    expect(portRows(new PortSeries(10), ports, { tcp: [], udp: [] }).map((r) => r.port)).toEqual(['22', '80', '443', '8080', '53', '123', '1194']);
   });
 });

@@ -3,7 +3,7 @@
  * commands (also when the native addon cannot load), and bash completion.
  * Each case runs bin/connrate as a process and checks what it prints.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -76,6 +76,27 @@ describe('extc commands without the native addon', () => {
     expect(r.stderr).toMatch(/^connrate: status: the native addon @xdp-ts\/loader cannot be loaded \(Cannot find module '.*xdp_ts_loader\.node'\); the datapath commands need it, the extc commands do not/);
     expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
   });
+});
+
+/** Run connrate with its stdout a pipe whose reader is gone before it writes (`connrate … | head -0`). */
+function connrateIntoClosedPipe(args: string[]): Promise<{ status: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CONNRATE_STORE: join(dir, 'extc.json'), CONNRATE_PIN_DIR: join(dir, 'pins') } });
+  child.stdout.destroy(); // closes the read end long before node has started
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (status, signal) => resolve({ status, signal, stderr }));
+  });
+}
+
+describe('a reader that closes the pipe early', () => {
+  it.each([[['extc', 'value', 'get', ...APP]], [['extc', 'value', 'get', ...APP, 'variable', 'CONNECTION_RATE_LIMIT_UDP']], [['completion', 'bash']], [['--help']]])(
+    'connrate %j ends quietly with status 0 (EPIPE is no error)',
+    async (args) => {
+      expect(await connrateIntoClosedPipe(args)).toEqual({ status: 0, signal: null, stderr: '' });
+    },
+  );
 });
 
 describe('extc refusals name the variable', () => {
