@@ -20,10 +20,10 @@ fi
 
 # build and test: compilers, libbpf, network tools; for the packaging tests dpkg-dev,
 # systemd (systemd-analyze, systemd-notify), systemd-container (systemd-nspawn boots the
-# installed unit) and python3 (a notify-socket peer)
+# installed unit) and python3 (a notify-socket peer); groff-base checks the man page renders
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config cmake make g++
           bpftool iproute2 iptables nftables linux-perf
-          dpkg-dev systemd systemd-container python3)
+          dpkg-dev systemd systemd-container python3 groff-base)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

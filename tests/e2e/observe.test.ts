@@ -3,7 +3,7 @@
  * the exact traffic of a scripted scene; top stays ordered under traffic.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Appliance } from '../helpers/appliance.js';
+import { Appliance, BIN } from '../helpers/appliance.js';
 import { type ClientRequest, type Testbed, createTestbed } from '../helpers/testbed.js';
 
 let tb: Testbed;
@@ -105,6 +105,31 @@ describe('a scripted scene', () => {
       `connrate: RATE-LIMIT DROP src=${A()} dport=1194 proto=udp rate=20/min burst=5`,
       `connrate: RATE-LIMIT DROP src=${A()} dport=443 proto=tcp rate=20/min burst=5`,
     ]);
+  });
+
+  it('stats as text: a row per configured port (nothing to fold into "other"), the same with --all-ports', () => {
+    for (const args of [['stats'], ['stats', '--all-ports']]) {
+      const r = app.cli(args);
+      expect(r.status, r.stderr).toBe(0);
+      const rows = r.stdout.split('\n').filter((l) => /^(proto|tcp|udp|total)\b/.test(l)).map((l) => l.split(/\s{2,}/));
+      expect(rows, args.join(' ')).toEqual([
+        ['proto', 'port', 'allowed', 'dropped', 'would drop'],
+        ['tcp', '443', '8', '3', '0'],
+        ['udp', '1194', '5', '3', '0'],
+        ['total', '13', '6', '0'],
+      ]);
+    }
+  });
+
+  it('the datapath commands end quietly when the reader closes the pipe early', async () => {
+    for (const args of [['stats'], ['stats', '--json'], ['top'], ['status']]) {
+      const child = tb.spawn(tb.app, [BIN, ...args]);
+      child.stdout!.destroy(); // the reader is gone before connrate writes
+      let stderr = '';
+      child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+      const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+      expect({ status, stderr }, args.join(' ')).toEqual({ status: 0, stderr: '' });
+    }
   });
 
   it('logs a limited key once per minute however often it is dropped', async () => {

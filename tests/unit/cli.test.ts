@@ -8,7 +8,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
 import { afterAll, describe, expect, it } from 'vitest';
+import { buildProgram } from '../../src/cli.js';
 
 const BIN = fileURLToPath(new URL('../../bin/connrate', import.meta.url));
 const PKG = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -50,6 +52,36 @@ describe('usage', () => {
     expect(set).toContain('--force');
     expect(connrate(['--help']).stdout).toContain('connrate extc value reset application securepoint_firewall variable CONNECTION_RATE_LIMIT_TCP');
     expect(connrate(['--help']).stdout).toContain('need CAP_BPF and\nCAP_NET_ADMIN, run also CAP_PERFMON (CAP_SYS_ADMIN serves for CAP_BPF and CAP_PERFMON)');
+  });
+});
+
+describe('the man page', () => {
+  const man = readFileSync(new URL('../../packaging/connrate.1', import.meta.url), 'utf8');
+  /** Every command path (leaves and groups) with its options' long flags. */
+  function commands(cmd: Command, path: string[] = []): { path: string[]; flags: string[] }[] {
+    const flags = cmd.options.map((o) => o.long).filter((f): f is string => f !== undefined && f !== '--help');
+    return [{ path, flags }, ...cmd.commands.filter((c) => c.name() !== 'help').flatMap((c) => commands(c, [...path, c.name()]))];
+  }
+
+  it('names every command and option of the command tree', () => {
+    const roff = (s: string): string => s.replaceAll('-', '\\-');
+    const missing: string[] = [];
+    for (const { path, flags } of commands(buildProgram())) {
+      if (path.length && !man.includes(path.join(' '))) missing.push(path.join(' '));
+      for (const f of flags) if (!man.includes(roff(f))) missing.push(`${path.join(' ')} ${f}`);
+    }
+    expect(missing).toEqual([]);
+  });
+
+  it('documents the environment, the privileges and every exit status', () => {
+    for (const word of ['CONNRATE_STORE', 'CONNRATE_PIN_DIR', 'CONNRATE_DEBUG', 'CAP_BPF', 'CAP_NET_ADMIN', 'CAP_PERFMON', 'CAP_SYS_ADMIN']) expect(man).toContain(word);
+    const exit = man.slice(man.indexOf('.SH EXIT STATUS'), man.indexOf('.SH', man.indexOf('.SH EXIT STATUS') + 1));
+    expect([...exit.matchAll(/^\.B (\d)$/gm)].map((m) => m[1])).toEqual(['0', '1', '2', '3']);
+  });
+
+  it('renders without warnings (groff -ww)', () => {
+    const r = spawnSync('groff', ['-man', '-Tutf8', '-ww', '-z'], { input: man, encoding: 'utf8' });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
   });
 });
 
