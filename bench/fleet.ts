@@ -1,0 +1,216 @@
+/**
+ * The fleet at scale: one `connrate fleet profile set` reaching N appliances.
+ *
+ * SIMULATION OF APPLIANCES — the controller (`connrate fleet controller`, a real
+ * process), the CLI and etcd (Debian's etcd-server, real members on loopback)
+ * are real; the appliances are simulated: each speaks the agent's etcd protocol
+ * (presence on its own lease, a watch on its desired configuration, status and
+ * publication-log writes) through the agent's own code, with the datapath part
+ * (store write + `system update rule`) replaced by validation only. Appliances
+ * share client connections (`--connections`, default one per 20 appliances):
+ * etcd sees every lease, keep-alive stream and watch of every appliance, but
+ * fewer TCP/HTTP2 connections than N real appliances would open.
+ *
+ *   npm run bench:fleet [-- --appliances 1000,10000 --rounds 5 --connections 50]
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem, loadavg } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { Etcd3 } from 'etcd3';
+import { type EtcdCluster, startEtcd } from '../tests/helpers/etcd.js';
+import { SimFleet } from './fleet-sim.js';
+
+const BIN = fileURLToPath(new URL('../bin/connrate', import.meta.url));
+const PROFILE = 'bench';
+const IDLE_WINDOW_S = 15;
+const CONFIRM_TIMEOUT_MS = 300_000;
+
+const { values: argv } = parseArgs({
+  options: {
+    appliances: { type: 'string', default: '1000,10000' },
+    rounds: { type: 'string', default: '5' },
+    connections: { type: 'string' },
+    'per-connection': { type: 'string', default: '20' },
+    out: { type: 'string' },
+  },
+});
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const round1 = (x: number): number => Math.round(x * 10) / 10;
+
+/** utime+stime of a process in seconds. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ
+}
+
+function statusKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m?.[1] ?? NaN);
+}
+
+/** One counter (summed over label sets) from etcd's Prometheus endpoint. */
+async function etcdMetric(url: string, name: string, match: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name}{`) && line.includes(match)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
+function cli(env: NodeJS.ProcessEnv, args: string[]): void {
+  const r = spawnSync(BIN, args, { env, encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`connrate ${args.join(' ')}: exit ${r.status ?? r.signal}: ${(r.stderr ?? '').trim()}`);
+}
+
+interface ScaleResult {
+  appliances: number;
+  connections: number;
+  leaseTtlSeconds: number;
+  /** `profile set` started (CLI process spawned) → every appliance's confirmed status acknowledged by etcd. */
+  confirmMs: { median: number; min: number; max: number; rounds: number[] };
+  /** The profile key written (seen by a watch) → every appliance confirmed. */
+  confirmFromWriteMs: { median: number; min: number; max: number };
+  dbSizeBytes: { empty: number; registered: number; afterRounds: number };
+  controller: { rssMiB: number; peakRssMiB: number; cpuSecondsPerRound: number };
+  keepalive: { requestsPerSecond: number; etcdCpuPercent: number; controllerCpuPercent: number; windowSeconds: number };
+  etcdCpuSecondsPerRound: number;
+}
+
+async function scale(n: number, rounds: number, connections: number): Promise<ScaleResult> {
+  const etcd: EtcdCluster = await startEtcd({ quotaBackendBytes: 8 * 2 ** 30 });
+  let controller: ChildProcess | undefined;
+  let sims: SimFleet | undefined;
+  let admin: Etcd3 | undefined;
+  try {
+    const env = { ...process.env, ...etcd.env() };
+    const etcdPid = etcd.members[0]!.pid!;
+    const url = etcd.endpoints[0]!;
+    const empty = await etcd.dbSize();
+    admin = etcd.client();
+
+    process.stdout.write(`  ${n} appliances: registering…`);
+    sims = new SimFleet(etcd, n, connections);
+    await sims.register(admin);
+    process.stdout.write(' starting the controller…');
+    let controllerLog = '';
+    controller = spawn(BIN, ['fleet', 'controller'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    controller.stdout!.on('data', (d: Buffer) => void (controllerLog = (controllerLog + d.toString()).slice(-4000)));
+    controller.stderr!.on('data', (d: Buffer) => void (controllerLog = (controllerLog + d.toString()).slice(-4000)));
+    controller.once('exit', (code, sig) => {
+      if (!stopping) process.stderr.write(`\ncontroller exited (${code ?? sig}):\n${controllerLog}\n`);
+    });
+    let stopping = false;
+    process.stdout.write(' appliances online…');
+    await sims.start();
+    const registered = await etcd.dbSize();
+
+    const confirm: number[] = [];
+    const fromWrite: number[] = [];
+    const ctlCpu0 = cpuSeconds(controller.pid!);
+    const etcdCpu0 = cpuSeconds(etcdPid);
+    // Round 0 is a warm-up (first desired documents, connection set-up); not counted.
+    for (let r = 0; r <= rounds; r++) {
+      const value = String(100 + r);
+      const done = sims.expect({ CONNECTION_RATE_LIMIT_TCP: value }, CONFIRM_TIMEOUT_MS);
+      const { written } = await sims.watchProfile(PROFILE);
+      const t0 = performance.now();
+      cli(env, ['fleet', 'profile', 'set', PROFILE, '--tag', 'all', `CONNECTION_RATE_LIMIT_TCP=${value}`]);
+      const tEnd = await done;
+      const tWrite = await written;
+      if (r > 0) {
+        confirm.push(tEnd - t0);
+        fromWrite.push(tEnd - tWrite);
+      }
+      process.stdout.write(` ${r === 0 ? 'warm-up' : `#${r}`} ${Math.round(tEnd - t0)} ms`);
+    }
+    const ctlCpuPerRound = (cpuSeconds(controller.pid!) - ctlCpu0) / (rounds + 1);
+    const etcdCpuPerRound = (cpuSeconds(etcdPid) - etcdCpu0) / (rounds + 1);
+    const afterRounds = await etcd.dbSize();
+
+    // Idle: only the appliances' lease keep-alives (and the controller's watches) run.
+    const metric = (): Promise<number> => etcdMetric(url, 'grpc_server_msg_received_total', 'grpc_method="LeaseKeepAlive"');
+    const k0 = await metric();
+    const e0 = cpuSeconds(etcdPid);
+    const c0 = cpuSeconds(controller.pid!);
+    const w0 = performance.now();
+    await sleep(IDLE_WINDOW_S * 1000);
+    const secs = (performance.now() - w0) / 1000;
+    const k1 = await metric();
+    const keepalive = {
+      requestsPerSecond: round1((k1 - k0) / secs),
+      etcdCpuPercent: round1((100 * (cpuSeconds(etcdPid) - e0)) / secs),
+      controllerCpuPercent: round1((100 * (cpuSeconds(controller.pid!) - c0)) / secs),
+      windowSeconds: round1(secs),
+    };
+    const rss = statusKiB(controller.pid!, 'VmRSS') / 1024;
+    const hwm = statusKiB(controller.pid!, 'VmHWM') / 1024;
+    stopping = true;
+    process.stdout.write('\n');
+    const stat = (xs: number[]): { median: number; min: number; max: number } => ({
+      median: Math.round(median(xs)),
+      min: Math.round(Math.min(...xs)),
+      max: Math.round(Math.max(...xs)),
+    });
+    return {
+      appliances: n,
+      connections,
+      leaseTtlSeconds: sims.leaseTtlSeconds,
+      confirmMs: { ...stat(confirm), rounds: confirm.map(Math.round) },
+      confirmFromWriteMs: stat(fromWrite),
+      dbSizeBytes: { empty, registered, afterRounds },
+      controller: { rssMiB: round1(rss), peakRssMiB: round1(hwm), cpuSecondsPerRound: round1(ctlCpuPerRound) },
+      keepalive,
+      etcdCpuSecondsPerRound: round1(etcdCpuPerRound),
+    };
+  } finally {
+    if (controller && controller.exitCode === null && controller.signalCode === null) {
+      const exited = new Promise((r) => controller!.once('exit', r));
+      controller.kill('SIGTERM');
+      await Promise.race([exited, sleep(5_000)]);
+      if (controller.exitCode === null && controller.signalCode === null) controller.kill('SIGKILL');
+    }
+    await sims?.stop();
+    admin?.close();
+    await etcd.destroy();
+  }
+}
+
+async function main(): Promise<void> {
+  const sizes = argv.appliances!.split(',').map(Number);
+  const rounds = Number(argv.rounds);
+  const perConnection = Number(argv['per-connection']);
+  console.log('connrate fleet benchmark — a SIMULATION of appliances (their etcd protocol, no datapath);');
+  console.log('the controller, the CLI and etcd (one member, loopback) are real.');
+  const results: ScaleResult[] = [];
+  for (const n of sizes) {
+    const connections = argv.connections ? Number(argv.connections) : Math.max(1, Math.ceil(n / perConnection));
+    results.push(await scale(n, rounds, connections));
+    console.log(JSON.stringify(results.at(-1)));
+  }
+  const version = spawnSync('/usr/bin/etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0];
+  const out = {
+    what: 'fleet: profile set → every appliance confirmed; SIMULATED appliances (agent etcd protocol, no datapath), real controller, CLI and etcd',
+    date: new Date().toISOString(),
+    machine: { cpus: cpus().length, model: cpus()[0]?.model, memGiB: round1(totalmem() / 2 ** 30), loadavg: loadavg().map(round1), etcd: version },
+    rounds,
+    results,
+  };
+  const file = argv.out ?? `bench/results/fleet-${new Date().toISOString().slice(0, 10)}.json`;
+  writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  console.log(`wrote ${file}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(`bench:fleet: ${(e as Error).stack ?? String(e)}`);
+  process.exit(1);
+});
