@@ -142,7 +142,7 @@ export type Delivery = 'sent' | 'pending' | 'offline';
 /** The configuration an appliance should have in force (desired state). */
 export interface DesiredDoc {
   readonly id: string;
-  /** Starts at 1; +1 whenever the resolved values change. */
+  /** 1 for the first publication, +1 whenever the resolved values change (0: nothing published yet, e.g. a conflict). */
   readonly generation: number;
   /** Variables set by the fleet; every other variable keeps the appliance's local value. */
   readonly values: Readonly<Record<string, string>>;
@@ -360,7 +360,7 @@ export function parseDesired(key: string, text: string | Buffer): DesiredDoc {
   const r = reader(key, text);
   return {
     id: r.matches('id', keyLeaf(key), 'appliance ID'),
-    generation: r.int('generation', 1, Number.MAX_SAFE_INTEGER),
+    generation: r.int('generation', 0, Number.MAX_SAFE_INTEGER),
     values: r.values('values'),
     profiles: r.names('profiles', 'profile name'),
     cluster: r.nullableName('cluster', 'cluster ID'),

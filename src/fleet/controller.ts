@@ -1,0 +1,390 @@
+/**
+ * The fleet controller: lists profiles, appliances, desired configurations,
+ * presence and status at one revision, watches them from the next one (and
+ * lists again when that revision was compacted or a watch fails), and
+ * reconciles:
+ *
+ * - each appliance's resolved values; a new generation of `desired/ID` only
+ *   when they change, with a `sent` (online), `offline` (registered before,
+ *   not online) or `pending` (never registered) log entry in the same
+ *   transaction;
+ * - a conflict recorded in `desired/ID` (no new generation) with an `error` entry;
+ * - presence: an appliance that comes back with an unconfirmed generation gets
+ *   `sent`, one whose lease ends before it confirmed gets `offline`;
+ * - clusters: one `confirmed` entry of type `cluster` once every member has
+ *   confirmed the same values.
+ *
+ * Every write is a transaction that compares the mod revision of the key it
+ * replaces, so a restarted or duplicate controller never publishes one change
+ * twice: the loser re-reads and finds nothing left to do. It is safe to kill
+ * at any moment.
+ */
+import { hostname } from 'node:os';
+import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
+import { resolveFor, fingerprint } from './resolve.js';
+import {
+  type ApplianceDoc, type ClusterDoc, type Delivery, type DesiredDoc, type LogEntry, type PresenceDoc, type ProfileDoc, type StatusDoc,
+  FleetDataError, Keys, LOG_KEEP, encode, logSeq, parseAppliance, parseCluster, parseDesired, parsePresence, parseProfile, parseStatus,
+} from './keys.js';
+
+interface Versioned<T> {
+  readonly doc: T;
+  readonly modRevision: string;
+}
+
+export interface ControllerOptions {
+  readonly client: Etcd3;
+  readonly keys: Keys;
+  /** Informational lines. */
+  readonly info?: (line: string) => void;
+  /** Log entries kept per appliance. */
+  readonly logKeep?: number;
+}
+
+const RETRY_MS = 500;
+const MAX_RETRY_MS = 5_000;
+
+/** Append a log entry under `dir` and drop the oldest beyond `keep`. */
+export async function appendLog(client: Etcd3, dir: string, entry: LogEntry, keep: number): Promise<void> {
+  await client.put(`${dir}${logSeq(new Date(entry.time))}`).value(encode(entry));
+  await trimLog(client, dir, keep);
+}
+
+export async function trimLog(client: Etcd3, dir: string, keep: number): Promise<void> {
+  const n = await client.getAll().prefix(dir).count();
+  if (n <= keep) return;
+  const old = await client.getAll().prefix(dir).sort('Key', 'Ascend').limit(n - keep).keys();
+  for (const k of old) await client.delete().key(k);
+}
+
+export class Controller {
+  readonly #c: Etcd3;
+  readonly #k: Keys;
+  readonly #info: (line: string) => void;
+  readonly #keep: number;
+  #profiles = new Map<string, ProfileDoc>();
+  #appliances = new Map<string, ApplianceDoc>();
+  #desired = new Map<string, Versioned<DesiredDoc>>();
+  #presence = new Map<string, PresenceDoc>();
+  #status = new Map<string, StatusDoc>();
+  #clusters = new Map<string, Versioned<ClusterDoc>>();
+  #watchers: Watcher[] = [];
+  #stopped = false;
+  #wake: (() => void) | undefined;
+  #dirty = true;
+  #relist = true;
+  /** Bad documents already reported (key → message), so each is said once. */
+  #reported = new Map<string, string>();
+  #done: Promise<void> | undefined;
+
+  constructor(opts: ControllerOptions) {
+    this.#c = opts.client;
+    this.#k = opts.keys;
+    this.#info = opts.info ?? ((l) => process.stdout.write(`${l}\n`));
+    this.#keep = opts.logKeep ?? LOG_KEEP;
+  }
+
+  /** Run until stop(). */
+  run(): Promise<void> {
+    return (this.#done ??= this.#loop());
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#wake?.();
+    await this.#cancelWatchers();
+    await this.#done;
+  }
+
+  async #loop(): Promise<void> {
+    let retry = RETRY_MS;
+    while (!this.#stopped) {
+      try {
+        if (this.#relist) {
+          this.#relist = false;
+          await this.#cancelWatchers();
+          const rev = await this.#list();
+          await this.#watch(rev);
+          this.#dirty = true;
+        }
+        if (this.#dirty) {
+          this.#dirty = false;
+          await this.#reconcile();
+        }
+        retry = RETRY_MS;
+        if (!this.#dirty && !this.#relist && !this.#stopped) await new Promise<void>((r) => (this.#wake = r));
+        this.#wake = undefined;
+      } catch (err) {
+        if (this.#stopped) break;
+        this.#info(`connrate fleet controller: ${(err as Error).message}; retrying in ${retry} ms`);
+        this.#relist = true;
+        await new Promise((r) => setTimeout(r, retry));
+        retry = Math.min(retry * 2, MAX_RETRY_MS);
+      }
+    }
+  }
+
+  #poke(relist = false): void {
+    if (relist) this.#relist = true;
+    this.#dirty = true;
+    this.#wake?.();
+  }
+
+  #parse<T>(kv: IKeyValue, parse: (key: string, text: Buffer) => T): T | undefined {
+    const key = kv.key.toString();
+    try {
+      const doc = parse(key, kv.value);
+      this.#reported.delete(key);
+      return doc;
+    } catch (err) {
+      if (!(err instanceof FleetDataError)) throw err;
+      if (this.#reported.get(key) !== err.message) this.#info(`connrate fleet controller: ignoring ${err.message}`);
+      this.#reported.set(key, err.message);
+      return undefined;
+    }
+  }
+
+  /** Everything at one revision; returns that revision. */
+  async #list(): Promise<string> {
+    const first = await this.#c.getAll().prefix(this.#k.profiles).exec();
+    const rev = String(first.header.revision);
+    const at = (dir: string) => this.#c.getAll().prefix(dir).revision(rev).exec();
+    const [appl, desired, presence, status, clusters] = await Promise.all([
+      at(this.#k.appliances), at(this.#k.desiredAll), at(this.#k.presenceAll), at(this.#k.statusAll), at(this.#k.clustersAll),
+    ]);
+    this.#profiles = new Map();
+    this.#appliances = new Map();
+    this.#desired = new Map();
+    this.#presence = new Map();
+    this.#status = new Map();
+    this.#clusters = new Map();
+    for (const kv of first.kvs) this.#onPut(this.#k.profiles, kv);
+    for (const [dir, res] of [[this.#k.appliances, appl], [this.#k.desiredAll, desired], [this.#k.presenceAll, presence], [this.#k.statusAll, status], [this.#k.clustersAll, clusters]] as const) {
+      for (const kv of res.kvs) this.#onPut(dir, kv);
+    }
+    return rev;
+  }
+
+  async #watch(rev: string): Promise<void> {
+    const next = (BigInt(rev) + 1n).toString();
+    for (const dir of [this.#k.profiles, this.#k.appliances, this.#k.desiredAll, this.#k.presenceAll, this.#k.statusAll, this.#k.clustersAll]) {
+      const w = await this.#c.watch().prefix(dir).startRevision(next).create();
+      w.on('put', (kv) => {
+        this.#onPut(dir, kv);
+        this.#poke();
+      });
+      w.on('delete', (kv) => {
+        this.#onDelete(dir, kv);
+        this.#poke();
+      });
+      // a compacted start revision, a cancelled watch: list again from scratch
+      w.on('error', (err) => {
+        if (this.#stopped) return;
+        this.#info(`connrate fleet controller: watch on ${dir} ended (${err.message}); listing again`);
+        this.#poke(true);
+      });
+      this.#watchers.push(w);
+    }
+  }
+
+  async #cancelWatchers(): Promise<void> {
+    const ws = this.#watchers;
+    this.#watchers = [];
+    await Promise.all(ws.map((w) => w.cancel().catch(() => {})));
+  }
+
+  #onPut(dir: string, kv: IKeyValue): void {
+    const id = this.#k.leaf(dir, kv.key.toString());
+    if (id === undefined) return;
+    const mod = String(kv.mod_revision);
+    switch (dir) {
+      case this.#k.profiles: {
+        const d = this.#parse(kv, parseProfile);
+        if (d) this.#profiles.set(id, d);
+        else this.#profiles.delete(id);
+        return;
+      }
+      case this.#k.appliances: {
+        const d = this.#parse(kv, parseAppliance);
+        if (d) this.#appliances.set(id, d);
+        else this.#appliances.delete(id);
+        return;
+      }
+      case this.#k.desiredAll: {
+        const d = this.#parse(kv, parseDesired);
+        // a bad desired document is replaced by the next publication (compared by its mod revision)
+        if (d) {
+          const known = this.#desired.get(id);
+          if (!known || BigInt(known.modRevision) <= BigInt(mod)) this.#desired.set(id, { doc: d, modRevision: mod });
+        } else this.#badDesired.set(id, mod);
+        return;
+      }
+      case this.#k.presenceAll: {
+        const d = this.#parse(kv, parsePresence);
+        if (d) this.#presence.set(id, d);
+        return;
+      }
+      case this.#k.statusAll: {
+        const d = this.#parse(kv, parseStatus);
+        if (d) this.#status.set(id, d);
+        return;
+      }
+      case this.#k.clustersAll: {
+        const d = this.#parse(kv, parseCluster);
+        if (d) this.#clusters.set(id, { doc: d, modRevision: mod });
+        return;
+      }
+    }
+  }
+
+  #badDesired = new Map<string, string>();
+
+  #onDelete(dir: string, kv: IKeyValue): void {
+    const id = this.#k.leaf(dir, kv.key.toString());
+    if (id === undefined) return;
+    switch (dir) {
+      case this.#k.profiles: this.#profiles.delete(id); return;
+      case this.#k.appliances: this.#appliances.delete(id); return;
+      case this.#k.desiredAll: this.#desired.delete(id); this.#badDesired.delete(id); return;
+      case this.#k.statusAll: this.#status.delete(id); return;
+      case this.#k.clustersAll: this.#clusters.delete(id); return;
+      case this.#k.presenceAll:
+        this.#presence.delete(id);
+        void this.#c.put(this.#k.seen(id)).value(encode({ id, lastSeen: new Date().toISOString() })).catch(() => {});
+        return;
+    }
+  }
+
+  /** The mod revision a write of desired/ID must find: "0" when the key must not exist. */
+  #desiredRevision(id: string): string {
+    return this.#desired.get(id)?.modRevision ?? this.#badDesired.get(id) ?? '0';
+  }
+
+  /** Write desired/ID if nobody changed it since we read it; with log entries. False: lost the race. */
+  async #publish(id: string, doc: DesiredDoc, entries: LogEntry[]): Promise<boolean> {
+    const key = this.#k.desired(id);
+    const now = new Date();
+    const res = await this.#c
+      .if(key, 'Mod', '==', this.#desiredRevision(id))
+      .then(
+        this.#c.put(key).value(encode(doc)),
+        ...entries.map((e) => this.#c.put(`${this.#k.log(id)}${logSeq(now)}`).value(encode(e))),
+      )
+      .commit();
+    if (!res.succeeded) {
+      this.#dirty = true; // the watch brings the newer document; reconcile again then
+      return false;
+    }
+    this.#desired.set(id, { doc, modRevision: String(res.header.revision) });
+    this.#badDesired.delete(id);
+    if (entries.length) await trimLog(this.#c, this.#k.log(id), this.#keep);
+    return true;
+  }
+
+  #entry(id: string, status: LogEntry['status'], generation: number, info: string, direction: LogEntry['direction'] = 'out'): LogEntry {
+    return { time: new Date().toISOString(), type: 'profile', appliance: id, direction, status, info, generation };
+  }
+
+  /** sent (online), offline (it has run before), pending (it never registered). */
+  #delivery(id: string): Delivery {
+    if (this.#presence.has(id)) return 'sent';
+    return this.#status.has(id) ? 'offline' : 'pending';
+  }
+
+  #deliveryInfo(d: Delivery, generation: number, profiles: readonly string[]): string {
+    const what = `generation ${generation} (${profiles.length ? `profiles ${profiles.join(', ')}` : 'no profile'})`;
+    switch (d) {
+      case 'sent': return `${what} published; the appliance is online`;
+      case 'offline': return `${what} published; the appliance is offline and gets it when it returns`;
+      case 'pending': return `${what} published; the appliance has never registered`;
+    }
+  }
+
+  async #reconcile(): Promise<void> {
+    const all = [...this.#appliances.values()];
+    for (const a of all) {
+      if (this.#stopped) return;
+      await this.#reconcileAppliance(a, all);
+    }
+    await this.#reconcileClusters(all);
+  }
+
+  async #reconcileAppliance(a: ApplianceDoc, all: readonly ApplianceDoc[]): Promise<void> {
+    const r = resolveFor(a, all, this.#profiles.values());
+    const cur = this.#desired.get(a.id)?.doc;
+    const confirmed = this.#status.get(a.id)?.confirmedGeneration ?? 0;
+    const time = new Date().toISOString();
+    if (r.conflicts.length) {
+      const conflict = r.conflicts.join('; ');
+      if (cur?.conflict === conflict) return;
+      const gen = cur?.generation ?? 0;
+      const doc: DesiredDoc = cur
+        ? { ...cur, conflict }
+        : { id: a.id, generation: 0, values: {}, profiles: r.profiles, cluster: a.cluster, time, delivery: 'pending', conflict };
+      const info = `${conflict}; ${gen ? `generation ${gen} stays in force` : 'nothing published'}`;
+      if (await this.#publish(a.id, doc, [this.#entry(a.id, 'error', gen, info)])) this.#info(`connrate fleet controller: ${a.id}: ${info}`);
+      return;
+    }
+    if (!cur || fingerprint(cur.values) !== fingerprint(r.values) || (cur.generation === 0 && Object.keys(r.values).length > 0)) {
+      if (!cur && Object.keys(r.values).length === 0 && r.profiles.length === 0) return; // nothing to publish yet
+      const generation = (cur?.generation ?? 0) + 1;
+      const delivery = this.#delivery(a.id);
+      const doc: DesiredDoc = { id: a.id, generation, values: r.values, profiles: r.profiles, cluster: a.cluster, time, delivery, conflict: null };
+      const info = this.#deliveryInfo(delivery, generation, r.profiles);
+      if (await this.#publish(a.id, doc, [this.#entry(a.id, delivery, generation, info)])) this.#info(`connrate fleet controller: ${a.id}: ${info}`);
+      return;
+    }
+    if (cur.conflict !== null || cur.cluster !== a.cluster) {
+      await this.#publish(a.id, { ...cur, conflict: null, cluster: a.cluster }, []);
+      return;
+    }
+    // presence changes for a generation not confirmed yet
+    if (cur.generation > confirmed && cur.generation > 0) {
+      const online = this.#presence.has(a.id);
+      if (online && cur.delivery !== 'sent') {
+        const info = `generation ${cur.generation} sent: the appliance is back online`;
+        await this.#publish(a.id, { ...cur, delivery: 'sent' }, [this.#entry(a.id, 'sent', cur.generation, info)]);
+      } else if (!online && cur.delivery === 'sent') {
+        const info = `generation ${cur.generation} not confirmed: the appliance's presence lease expired`;
+        await this.#publish(a.id, { ...cur, delivery: 'offline' }, [this.#entry(a.id, 'offline', cur.generation, info)]);
+      }
+    }
+  }
+
+  async #reconcileClusters(all: readonly ApplianceDoc[]): Promise<void> {
+    const clusters = new Map<string, ApplianceDoc[]>();
+    for (const a of all) if (a.cluster) clusters.set(a.cluster, [...(clusters.get(a.cluster) ?? []), a]);
+    for (const [id, members] of clusters) {
+      const desired = members.map((m) => this.#desired.get(m.id)?.doc);
+      const allConfirmed = desired.every((d, i) => d && d.generation > 0 && d.conflict === null && (this.#status.get(members[i]!.id)?.confirmedGeneration ?? 0) >= d.generation);
+      const prints = new Set(desired.map((d) => (d ? fingerprint(d.values) : '')));
+      const known = this.#clusters.get(id);
+      const names = members.map((m) => m.id).sort();
+      const confirmedValues = allConfirmed && prints.size === 1 ? [...prints][0]! : null;
+      if (known && (confirmedValues === null || known.doc.confirmedValues === confirmedValues) && known.doc.members.join() === names.join()) continue;
+      if (!known && confirmedValues === null && names.length === 0) continue;
+      const doc: ClusterDoc = { id, members: names, confirmedValues: confirmedValues ?? known?.doc.confirmedValues ?? null, time: new Date().toISOString() };
+      const key = this.#k.cluster(id);
+      const ops = [this.#c.put(key).value(encode(doc))];
+      const newlyConfirmed = confirmedValues !== null && known?.doc.confirmedValues !== confirmedValues;
+      const gens = members.map((m, i) => `${m.id} generation ${desired[i]?.generation ?? 0}`).join(', ');
+      if (newlyConfirmed) {
+        const entry: LogEntry = { time: doc.time, type: 'cluster', appliance: id, direction: 'in', status: 'confirmed', info: `every member confirmed the same configuration (${gens})`, generation: Math.max(...desired.map((d) => d?.generation ?? 0)) };
+        ops.push(this.#c.put(`${this.#k.clusterLog(id)}${logSeq(new Date())}`).value(encode(entry)));
+      }
+      const res = await this.#c.if(key, 'Mod', '==', known?.modRevision ?? '0').then(...ops).commit();
+      if (res.succeeded) {
+        this.#clusters.set(id, { doc, modRevision: String(res.header.revision) });
+        if (newlyConfirmed) {
+          this.#info(`connrate fleet controller: cluster ${id}: confirmed by every member (${gens})`);
+          await trimLog(this.#c, this.#k.clusterLog(id), this.#keep);
+        }
+      } else this.#dirty = true;
+    }
+  }
+}
+
+/** Who runs this controller (for its log lines). */
+export function controllerName(): string {
+  return `${hostname()}:${process.pid}`;
+}
