@@ -34,6 +34,8 @@ const { values: argv } = parseArgs({
     connections: { type: 'string' },
     'per-connection': { type: 'string', default: '20' },
     out: { type: 'string' },
+    /** Write a V8 CPU profile of the controller into this directory (node --cpu-prof). */
+    'controller-prof': { type: 'string' },
   },
 });
 
@@ -80,10 +82,16 @@ interface ScaleResult {
   confirmMs: { median: number; min: number; max: number; rounds: number[] };
   /** The profile key written (seen by a watch) → every appliance confirmed. */
   confirmFromWriteMs: { median: number; min: number; max: number };
+  /** The profile key written → every appliance's watch has brought its new desired configuration (the controller's part). */
+  deliveredFromWriteMs: { median: number; min: number; max: number };
+  /** `connrate fleet profile set` spawned → the profile key written (node start-up, validation, one etcd write). */
+  cliMs: { median: number; min: number; max: number };
   dbSizeBytes: { empty: number; registered: number; afterRounds: number };
   controller: { rssMiB: number; peakRssMiB: number; cpuSecondsPerRound: number };
   keepalive: { requestsPerSecond: number; etcdCpuPercent: number; controllerCpuPercent: number; windowSeconds: number };
   etcdCpuSecondsPerRound: number;
+  /** CPU of this process (every simulated appliance, the etcd3 clients) per publication. */
+  simulatedAppliancesCpuSecondsPerRound: number;
 }
 
 async function scale(n: number, rounds: number, connections: number): Promise<ScaleResult> {
@@ -103,7 +111,8 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
     await sims.register(admin);
     process.stdout.write(' starting the controller…');
     let controllerLog = '';
-    controller = spawn(BIN, ['fleet', 'controller'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const prof = argv['controller-prof'] ? ['--cpu-prof', '--cpu-prof-dir', argv['controller-prof']] : [];
+    controller = spawn(process.execPath, [...prof, BIN, 'fleet', 'controller'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     controller.stdout!.on('data', (d: Buffer) => void (controllerLog = (controllerLog + d.toString()).slice(-4000)));
     controller.stderr!.on('data', (d: Buffer) => void (controllerLog = (controllerLog + d.toString()).slice(-4000)));
     controller.once('exit', (code, sig) => {
@@ -116,25 +125,34 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
 
     const confirm: number[] = [];
     const fromWrite: number[] = [];
+    const deliveredFromWrite: number[] = [];
+    const cliMs: number[] = [];
     const ctlCpu0 = cpuSeconds(controller.pid!);
+    const simCpu0 = process.cpuUsage();
     const etcdCpu0 = cpuSeconds(etcdPid);
     // Round 0 is a warm-up (first desired documents, connection set-up); not counted.
     for (let r = 0; r <= rounds; r++) {
       const value = String(100 + r);
       const done = sims.expect({ CONNECTION_RATE_LIMIT_TCP: value }, CONFIRM_TIMEOUT_MS);
+      const delivered = sims.expect({ CONNECTION_RATE_LIMIT_TCP: value }, CONFIRM_TIMEOUT_MS, 'delivered');
       const { written } = await sims.watchProfile(PROFILE);
       const t0 = performance.now();
       cli(env, ['fleet', 'profile', 'set', PROFILE, '--tag', 'all', `CONNECTION_RATE_LIMIT_TCP=${value}`]);
       const tEnd = await done;
       const tWrite = await written;
+      const tDelivered = await delivered;
       if (r > 0) {
         confirm.push(tEnd - t0);
         fromWrite.push(tEnd - tWrite);
+        deliveredFromWrite.push(tDelivered - tWrite);
+        cliMs.push(tWrite - t0);
       }
       process.stdout.write(` ${r === 0 ? 'warm-up' : `#${r}`} ${Math.round(tEnd - t0)} ms`);
     }
     const ctlCpuPerRound = (cpuSeconds(controller.pid!) - ctlCpu0) / (rounds + 1);
     const etcdCpuPerRound = (cpuSeconds(etcdPid) - etcdCpu0) / (rounds + 1);
+    const simCpu = process.cpuUsage(simCpu0);
+    const simCpuPerRound = (simCpu.user + simCpu.system) / 1e6 / (rounds + 1);
     const afterRounds = await etcd.dbSize();
 
     // Idle: only the appliances' lease keep-alives (and the controller's watches) run.
@@ -167,10 +185,13 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       leaseTtlSeconds: sims.leaseTtlSeconds,
       confirmMs: { ...stat(confirm), rounds: confirm.map(Math.round) },
       confirmFromWriteMs: stat(fromWrite),
+      deliveredFromWriteMs: stat(deliveredFromWrite),
+      cliMs: stat(cliMs),
       dbSizeBytes: { empty, registered, afterRounds },
       controller: { rssMiB: round1(rss), peakRssMiB: round1(hwm), cpuSecondsPerRound: round1(ctlCpuPerRound) },
       keepalive,
       etcdCpuSecondsPerRound: round1(etcdCpuPerRound),
+      simulatedAppliancesCpuSecondsPerRound: round1(simCpuPerRound),
     };
   } finally {
     if (controller && controller.exitCode === null && controller.signalCode === null) {
