@@ -27,6 +27,12 @@ import { type ApplianceDoc, type DesiredDoc, type LogEntry, type StatusDoc, Keys
 import type { EtcdCluster } from '../tests/helpers/etcd.js';
 
 const START_CONCURRENCY = 100;
+const REGISTER_RETRY_MS = 500;
+
+export interface SimStats {
+  /** Presence leases that ran out while their appliance was running (keep-alives that came too late). */
+  leasesLost: number;
+}
 
 /** `delivered`: the appliance's watch brought the desired document; `confirmed`: its confirmed status is written. */
 type Confirmed = (what: 'delivered' | 'confirmed', id: string, d: DesiredDoc, at: number) => void;
@@ -45,6 +51,7 @@ class SimAppliance {
     readonly keys: Keys,
     readonly ttl: number,
     readonly onConfirmed: Confirmed,
+    readonly stats: SimStats,
   ) {}
 
   async start(): Promise<void> {
@@ -59,10 +66,11 @@ class SimAppliance {
   async #register(): Promise<void> {
     this.#lease?.release();
     const lease = this.client.lease(this.ttl, { autoKeepAlive: true });
-    lease.on('lost', (err) => {
+    lease.on('lost', () => {
       if (this.#stopped || lease !== this.#lease) return;
-      process.stderr.write(`simulated ${this.id}: presence lease lost (${err.message}); registering again\n`);
-      void this.#register().catch(() => {});
+      this.stats.leasesLost++;
+      // as the agent: register again (after its retry delay, so a starved process does not spin)
+      setTimeout(() => void (this.#stopped || this.#register().catch(() => {})), REGISTER_RETRY_MS);
     });
     this.#lease = lease;
     await lease.put(this.keys.presence(this.id)).value(encode({ id: this.id, since: new Date().toISOString(), pid: process.pid, host: 'simulated' }));
@@ -119,6 +127,7 @@ export class SimFleet {
   readonly keys = new Keys();
   readonly ids: string[];
   readonly leaseTtlSeconds = DEFAULT_LEASE_TTL_SEC;
+  readonly stats: SimStats = { leasesLost: 0 };
   #clients: Etcd3[] = [];
   #sims: SimAppliance[] = [];
   #waiters: { what: 'delivered' | 'confirmed'; values: Record<string, string>; left: Set<string>; resolve(t: number): void }[] = [];
@@ -156,7 +165,7 @@ export class SimFleet {
         if (w.what === what && Object.entries(w.values).every(([k, v]) => d.values[k] === v) && w.left.delete(id) && w.left.size === 0) w.resolve(at);
       }
     };
-    this.#sims = this.ids.map((id, i) => new SimAppliance(id, this.#clients[i % this.connections]!, this.keys, this.leaseTtlSeconds, onConfirmed));
+    this.#sims = this.ids.map((id, i) => new SimAppliance(id, this.#clients[i % this.connections]!, this.keys, this.leaseTtlSeconds, onConfirmed, this.stats));
     for (let i = 0; i < this.#sims.length; i += START_CONCURRENCY) {
       await Promise.all(this.#sims.slice(i, i + START_CONCURRENCY).map((s) => s.start()));
     }

@@ -59,6 +59,28 @@ function statusKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   return Number(m?.[1] ?? NaN);
 }
 
+/** Unary requests etcd handled, by method (Range, Put, Txn, DeleteRange, …), and raft proposals committed. */
+async function etcdRequests(url: string): Promise<Record<string, number>> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const m = /^grpc_server_handled_total\{.*grpc_method="(\w+)".*grpc_type="unary".*\} (\S+)$/.exec(line);
+    if (m) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
+    const p = /^etcd_server_proposals_committed_total (\S+)$/.exec(line);
+    if (p) out.proposalsCommitted = Number(p[1]);
+  }
+  return out;
+}
+
+function perRound(before: Record<string, number>, after: Record<string, number>, rounds: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(after)) {
+    const d = (v - (before[k] ?? 0)) / rounds;
+    if (d > 0) out[k] = Math.round(d);
+  }
+  return out;
+}
+
 /** One counter (summed over label sets) from etcd's Prometheus endpoint. */
 async function etcdMetric(url: string, name: string, match: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
@@ -92,6 +114,10 @@ interface ScaleResult {
   etcdCpuSecondsPerRound: number;
   /** CPU of this process (every simulated appliance, the etcd3 clients) per publication. */
   simulatedAppliancesCpuSecondsPerRound: number;
+  /** etcd's unary requests by method and raft proposals committed, per publication (after the warm-up). */
+  etcdRequestsPerRound: Record<string, number>;
+  /** Presence leases of simulated appliances that expired while they ran (their keep-alives came too late: the bench process was starved). */
+  leasesLost: number;
 }
 
 async function scale(n: number, rounds: number, connections: number): Promise<ScaleResult> {
@@ -99,6 +125,7 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
   let controller: ChildProcess | undefined;
   let sims: SimFleet | undefined;
   let admin: Etcd3 | undefined;
+  let stopping = false;
   try {
     const env = { ...process.env, ...etcd.env() };
     const etcdPid = etcd.members[0]!.pid!;
@@ -118,7 +145,6 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
     controller.once('exit', (code, sig) => {
       if (!stopping) process.stderr.write(`\ncontroller exited (${code ?? sig}):\n${controllerLog}\n`);
     });
-    let stopping = false;
     process.stdout.write(' appliances online…');
     await sims.start();
     const registered = await etcd.dbSize();
@@ -129,6 +155,7 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
     const cliMs: number[] = [];
     const ctlCpu0 = cpuSeconds(controller.pid!);
     const simCpu0 = process.cpuUsage();
+    let req0 = await etcdRequests(url);
     const etcdCpu0 = cpuSeconds(etcdPid);
     // Round 0 is a warm-up (first desired documents, connection set-up); not counted.
     for (let r = 0; r <= rounds; r++) {
@@ -148,12 +175,14 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
         cliMs.push(tWrite - t0);
       }
       process.stdout.write(` ${r === 0 ? 'warm-up' : `#${r}`} ${Math.round(tEnd - t0)} ms`);
+      if (r === 0) req0 = await etcdRequests(url);
     }
     const ctlCpuPerRound = (cpuSeconds(controller.pid!) - ctlCpu0) / (rounds + 1);
     const etcdCpuPerRound = (cpuSeconds(etcdPid) - etcdCpu0) / (rounds + 1);
     const simCpu = process.cpuUsage(simCpu0);
     const simCpuPerRound = (simCpu.user + simCpu.system) / 1e6 / (rounds + 1);
     const afterRounds = await etcd.dbSize();
+    const requests = perRound(req0, await etcdRequests(url), rounds);
 
     // Idle: only the appliances' lease keep-alives (and the controller's watches) run.
     const metric = (): Promise<number> => etcdMetric(url, 'grpc_server_msg_received_total', 'grpc_method="LeaseKeepAlive"');
@@ -172,7 +201,6 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
     };
     const rss = statusKiB(controller.pid!, 'VmRSS') / 1024;
     const hwm = statusKiB(controller.pid!, 'VmHWM') / 1024;
-    stopping = true;
     process.stdout.write('\n');
     const stat = (xs: number[]): { median: number; min: number; max: number } => ({
       median: Math.round(median(xs)),
@@ -192,8 +220,11 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       keepalive,
       etcdCpuSecondsPerRound: round1(etcdCpuPerRound),
       simulatedAppliancesCpuSecondsPerRound: round1(simCpuPerRound),
+      etcdRequestsPerRound: requests,
+      leasesLost: sims.stats.leasesLost,
     };
   } finally {
+    stopping = true;
     if (controller && controller.exitCode === null && controller.signalCode === null) {
       const exited = new Promise((r) => controller!.once('exit', r));
       controller.kill('SIGTERM');
@@ -212,10 +243,16 @@ async function main(): Promise<void> {
   const perConnection = Number(argv['per-connection']);
   console.log('connrate fleet benchmark — a SIMULATION of appliances (their etcd protocol, no datapath);');
   console.log('the controller, the CLI and etcd (one member, loopback) are real.');
-  const results: ScaleResult[] = [];
+  const results: (ScaleResult | { appliances: number; connections: number; error: string })[] = [];
   for (const n of sizes) {
     const connections = argv.connections ? Number(argv.connections) : Math.max(1, Math.ceil(n / perConnection));
-    results.push(await scale(n, rounds, connections));
+    try {
+      results.push(await scale(n, rounds, connections));
+    } catch (e) {
+      console.error(`\n  ${n} appliances: ${(e as Error).message}`);
+      // one size the machine does not hold does not lose the others' figures
+      results.push({ appliances: n, connections, error: (e as Error).message });
+    }
     console.log(JSON.stringify(results.at(-1)));
   }
   const version = spawnSync('/usr/bin/etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0];
