@@ -22,7 +22,7 @@ import { Datapath } from '../control/datapath.js';
 import type { PinDir } from '../control/pins.js';
 import { ConnrateError, InvalidValueError } from '../errors.js';
 import { appendLog } from './controller.js';
-import { Connection, cancelWatcher, watchEnd } from './etcd.js';
+import { Connection, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
 import { type DesiredDoc, type LogEntry, type StatusDoc, FleetDataError, Keys, LOG_KEEP, encode, parseDesired, parseStatus } from './keys.js';
 
 export const DEFAULT_LEASE_TTL_SEC = 10;
@@ -104,18 +104,9 @@ export class Agent {
     let retry = RETRY_MS;
     while (!this.#stopped) {
       try {
-        if (this.#renew) {
-          this.#renew = false;
-          if (this.#watcher) await cancelWatcher(this.#watcher);
-          this.#watcher = undefined;
-          if (this.#conn.renew()) {
-            this.#lease?.release();
-            this.#lease = undefined;
-            this.#leaseLost = true;
-            this.#relist = true;
-          }
-        }
+        await this.#renewIfAsked();
         if (this.#leaseLost) await this.#register();
+        await this.#renewIfAsked();
         if (this.#relist) await this.#listAndWatch();
         if (this.#pending) {
           this.#pending = false;
@@ -133,6 +124,20 @@ export class Agent {
         retry = Math.min(retry * 2, MAX_RETRY_MS);
       }
     }
+  }
+
+  /** After a failure: a fresh client, so a fresh lease, listing and watch. */
+  async #renewIfAsked(): Promise<void> {
+    if (!this.#renew) return;
+    this.#renew = false;
+    if (this.#watcher) await cancelWatcher(this.#watcher);
+    this.#watcher = undefined;
+    if (this.#conn.renew()) {
+      this.#lease?.release();
+      this.#lease = undefined;
+      this.#leaseLost = true;
+    }
+    this.#relist = true;
   }
 
   async #register(): Promise<void> {
@@ -156,7 +161,7 @@ export class Agent {
     this.#watcher = undefined;
     const res = await this.#c.get(this.#k.desired(this.id)).exec();
     this.#onDesired(res.kvs[0]);
-    const w = await this.#c.watch().key(this.#k.desired(this.id)).startRevision((BigInt(String(res.header.revision)) + 1n).toString()).create();
+    const w = await createWatcher(this.#c.watch().key(this.#k.desired(this.id)).startRevision((BigInt(String(res.header.revision)) + 1n).toString()));
     w.on('put', (kv) => {
       if (this.#watcher === w) this.#onDesired(kv);
     });

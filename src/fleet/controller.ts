@@ -21,7 +21,7 @@
  */
 import { hostname } from 'node:os';
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
-import { Connection, cancelWatcher, watchEnd } from './etcd.js';
+import { Connection, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
 import { resolveFor, fingerprint } from './resolve.js';
 import {
   type ApplianceDoc, type ClusterDoc, type Delivery, type DesiredDoc, type LogEntry, type PresenceDoc, type ProfileDoc, type StatusDoc,
@@ -199,7 +199,7 @@ export class Controller {
    */
   async #watch(rev: string): Promise<void> {
     const next = (BigInt(rev) + 1n).toString();
-    const w = await this.#c.watch().prefix(this.#k.prefix).startRevision(next).create();
+    const w = await createWatcher(this.#c.watch().prefix(this.#k.prefix).startRevision(next));
     w.on('put', (kv) => {
       const dir = this.#dirOf(kv.key.toString());
       if (!dir) return;
@@ -377,8 +377,10 @@ export class Controller {
     if (cur.generation > confirmed && cur.generation > 0) {
       const online = this.#presence.has(a.id);
       if (online && cur.delivery !== 'sent') {
+        // an appliance that already reported on this generation needs no `sent` row after its own
+        const reported = (this.#status.get(a.id)?.observedGeneration ?? 0) >= cur.generation;
         const info = `generation ${cur.generation} sent: the appliance is back online`;
-        await this.#publish(a.id, { ...cur, delivery: 'sent' }, [this.#entry(a.id, 'sent', cur.generation, info)]);
+        await this.#publish(a.id, { ...cur, delivery: 'sent' }, reported ? [] : [this.#entry(a.id, 'sent', cur.generation, info)]);
       } else if (!online && cur.delivery === 'sent') {
         const info = `generation ${cur.generation} not confirmed: the appliance's presence lease expired`;
         await this.#publish(a.id, { ...cur, delivery: 'offline' }, [this.#entry(a.id, 'offline', cur.generation, info)]);

@@ -6,7 +6,7 @@
  *   CONNRATE_ETCD_USER, _PASSWORD   an etcd user
  */
 import { readFileSync } from 'node:fs';
-import { Etcd3, type IOptions, type Watcher } from 'etcd3';
+import { Etcd3, type IOptions, type WatchBuilder, type Watcher } from 'etcd3';
 import { ConnrateError, EXIT } from '../errors.js';
 
 export const DEFAULT_ENDPOINT = 'http://127.0.0.1:2379';
@@ -120,4 +120,28 @@ export class Connection {
 /** Why etcd ended a watch, for a log line (a compacted start revision comes without a reason). */
 export function watchEnd(err: Error): string {
   return /canceled: *$/.test(err.message) ? 'cancelled by etcd: its start revision was compacted' : err.message;
+}
+
+const CREATE_WAIT_MS = 10_000;
+
+/**
+ * Create a watcher, or fail after a while: on a stream that lost its
+ * authentication a watch is never acknowledged, and waiting for it would hang.
+ */
+export async function createWatcher(b: WatchBuilder): Promise<Watcher> {
+  const w = b.watcher();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`etcd did not acknowledge a watch within ${CREATE_WAIT_MS / 1000} s`)), CREATE_WAIT_MS);
+      w.once('connected', () => resolve());
+      w.once('error', reject);
+    });
+  } catch (err) {
+    void cancelWatcher(w);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  return w;
 }
