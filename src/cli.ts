@@ -18,7 +18,7 @@ import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
 import { Agent, DEFAULT_LEASE_TTL_SEC } from './fleet/agent.js';
 import { applianceSet, appliances, profileDelete, profileList, profileSet, publicationLog } from './fleet/commands.js';
 import { Controller } from './fleet/controller.js';
-import { connect, etcdFailure } from './fleet/etcd.js';
+import { connect, etcdFailure, etcdSettings } from './fleet/etcd.js';
 import { Keys, isName } from './fleet/keys.js';
 import type { Etcd3 } from 'etcd3';
 
@@ -223,15 +223,12 @@ Environment:
     .description('the fleet controller, in the foreground: publishes each appliance\'s configuration')
     .action(async () => {
       const k = new Keys();
-      const c = connect();
-      const ctl = new Controller({ client: c, keys: k, info: out });
+      const settings = etcdSettings(); // a bad CONNRATE_ETCD* is refused before anything starts
+      const ctl = new Controller({ connect: () => connect(settings), keys: k, info: out });
       out(`connrate fleet controller: watching ${k.prefix} on ${process.env.CONNRATE_ETCD || 'http://127.0.0.1:2379'}`);
       const stop = (sig: string): void => {
         out(`connrate fleet controller: ${sig}: stopping`);
-        void ctl.stop().then(() => {
-          c.close();
-          process.exit(EXIT.OK);
-        });
+        void ctl.stop().then(() => process.exit(EXIT.OK));
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
@@ -312,7 +309,7 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath runnin
     .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; buckets?: number; udpFlows?: number; fleet?: string; fleetLeaseTtl?: number }) => {
       const listen = parseListen(o.metrics); // refuse a bad value before touching anything
       if (o.fleet !== undefined && !isName(o.fleet)) throw new InvalidValueError('run', `--fleet: appliance ID ${JSON.stringify(o.fleet)} is not allowed; expected 1 to 63 letters, digits, ".", "_" or "-"`);
-      const fleetClient = o.fleet !== undefined ? connect() : undefined; // a bad CONNRATE_ETCD* is refused before anything starts
+      const fleetSettings = o.fleet !== undefined ? etcdSettings() : undefined; // a bad CONNRATE_ETCD* is refused before anything starts
       const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
       const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store(), sizes });
       if (listen) {
@@ -323,14 +320,13 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value, 3 no datapath runnin
           throw err;
         }
       }
-      const agent = fleetClient
-        ? new Agent({ id: o.fleet!, client: fleetClient, keys: new Keys(), store: store(), pins: pins(), info: out, ...(o.fleetLeaseTtl ? { leaseTtlSec: o.fleetLeaseTtl } : {}) })
+      const agent = fleetSettings
+        ? new Agent({ id: o.fleet!, connect: () => connect(fleetSettings), keys: new Keys(), store: store(), pins: pins(), info: out, ...(o.fleetLeaseTtl ? { leaseTtlSec: o.fleetLeaseTtl } : {}) })
         : undefined;
       out(`connrate: running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}${agent ? `; fleet agent of appliance ${agent.id}` : ''}`);
       const stop = (sig: string): void => {
         out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
         void (agent?.stop() ?? Promise.resolve())
-          .then(() => fleetClient?.close())
           .then(() => d.stop())
           .then(() => process.exit(EXIT.OK));
       };

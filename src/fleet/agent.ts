@@ -22,6 +22,7 @@ import { Datapath } from '../control/datapath.js';
 import type { PinDir } from '../control/pins.js';
 import { ConnrateError, InvalidValueError } from '../errors.js';
 import { appendLog } from './controller.js';
+import { Connection, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
 import { type DesiredDoc, type LogEntry, type StatusDoc, FleetDataError, Keys, LOG_KEEP, encode, parseDesired, parseStatus } from './keys.js';
 
 export const DEFAULT_LEASE_TTL_SEC = 10;
@@ -30,7 +31,10 @@ const MAX_RETRY_MS = 5_000;
 
 export interface AgentOptions {
   readonly id: string;
-  readonly client: Etcd3;
+  /** The etcd client; with `connect` as well, it is replaced after failures. */
+  readonly client?: Etcd3;
+  /** Makes a new client (after a watch failure or an etcd restart); the agent closes what it made. */
+  readonly connect?: () => Etcd3;
   readonly keys: Keys;
   readonly store: Store;
   readonly pins: PinDir;
@@ -52,6 +56,8 @@ export function appliedPath(store: Store, id: string): string {
 
 export class Agent {
   readonly #o: AgentOptions;
+  readonly #conn: Connection;
+  #renew = false;
   readonly #k: Keys;
   readonly #info: (line: string) => void;
   #lease: Lease | undefined;
@@ -66,9 +72,14 @@ export class Agent {
 
   constructor(opts: AgentOptions) {
     this.#o = opts;
+    this.#conn = new Connection(opts.connect, opts.client);
     this.#k = opts.keys;
     this.#info = opts.info ?? ((l) => process.stdout.write(`${l}\n`));
     this.#done = this.#loop();
+  }
+
+  get #c(): Etcd3 {
+    return this.#conn.client;
   }
 
   get id(): string {
@@ -79,9 +90,10 @@ export class Agent {
     this.#stopped = true;
     this.#wake?.();
     await this.#done;
-    await this.#watcher?.cancel().catch(() => {});
+    if (this.#watcher) await cancelWatcher(this.#watcher);
     // a clean stop ends the presence at once (a crash lets the lease expire)
     await this.#lease?.revoke().catch(() => {});
+    if (this.#o.connect) this.#conn.close();
   }
 
   #poke(): void {
@@ -92,7 +104,9 @@ export class Agent {
     let retry = RETRY_MS;
     while (!this.#stopped) {
       try {
+        await this.#renewIfAsked();
         if (this.#leaseLost) await this.#register();
+        await this.#renewIfAsked();
         if (this.#relist) await this.#listAndWatch();
         if (this.#pending) {
           this.#pending = false;
@@ -105,15 +119,30 @@ export class Agent {
         if (this.#stopped) break;
         this.#info(`connrate fleet ${this.id}: ${(err as Error).message}; retrying in ${retry} ms`);
         this.#pending = true;
+        this.#renew = true;
         await new Promise((r) => setTimeout(r, retry));
         retry = Math.min(retry * 2, MAX_RETRY_MS);
       }
     }
   }
 
+  /** After a failure: a fresh client, so a fresh lease, listing and watch. */
+  async #renewIfAsked(): Promise<void> {
+    if (!this.#renew) return;
+    this.#renew = false;
+    if (this.#watcher) await cancelWatcher(this.#watcher);
+    this.#watcher = undefined;
+    if (this.#conn.renew()) {
+      this.#lease?.release();
+      this.#lease = undefined;
+      this.#leaseLost = true;
+    }
+    this.#relist = true;
+  }
+
   async #register(): Promise<void> {
     this.#lease?.release();
-    const lease = this.#o.client.lease(this.#o.leaseTtlSec ?? DEFAULT_LEASE_TTL_SEC, { autoKeepAlive: true });
+    const lease = this.#c.lease(this.#o.leaseTtlSec ?? DEFAULT_LEASE_TTL_SEC, { autoKeepAlive: true });
     lease.on('lost', (err) => {
       if (this.#stopped || lease !== this.#lease) return;
       this.#info(`connrate fleet ${this.id}: presence lease lost (${err.message}); registering again`);
@@ -128,16 +157,19 @@ export class Agent {
   }
 
   async #listAndWatch(): Promise<void> {
-    await this.#watcher?.cancel().catch(() => {});
+    if (this.#watcher) await cancelWatcher(this.#watcher);
     this.#watcher = undefined;
-    const res = await this.#o.client.get(this.#k.desired(this.id)).exec();
+    const res = await this.#c.get(this.#k.desired(this.id)).exec();
     this.#onDesired(res.kvs[0]);
-    const w = await this.#o.client.watch().key(this.#k.desired(this.id)).startRevision((BigInt(String(res.header.revision)) + 1n).toString()).create();
-    w.on('put', (kv) => this.#onDesired(kv));
+    const w = await createWatcher(this.#c.watch().key(this.#k.desired(this.id)).startRevision((BigInt(String(res.header.revision)) + 1n).toString()));
+    w.on('put', (kv) => {
+      if (this.#watcher === w) this.#onDesired(kv);
+    });
     w.on('error', (err) => {
-      if (this.#stopped) return;
-      this.#info(`connrate fleet ${this.id}: watch ended (${err.message}); reading the desired configuration again`);
+      if (this.#stopped || this.#watcher !== w) return;
+      this.#info(`connrate fleet ${this.id}: watch ended (${watchEnd(err)}); reading the desired configuration again`);
       this.#relist = true;
+      this.#renew = true;
       this.#poke();
     });
     this.#watcher = w;
@@ -182,7 +214,7 @@ export class Agent {
   }
 
   async #status(): Promise<StatusDoc | undefined> {
-    const kv = (await this.#o.client.get(this.#k.status(this.id)).exec()).kvs[0];
+    const kv = (await this.#c.get(this.#k.status(this.id)).exec()).kvs[0];
     if (!kv) return undefined;
     try {
       return parseStatus(kv.key.toString(), kv.value);
@@ -195,9 +227,9 @@ export class Agent {
   async #report(status: StatusDoc['status'], generation: number, confirmedGeneration: number, info: string): Promise<void> {
     const time = new Date().toISOString();
     const doc: StatusDoc = { id: this.id, observedGeneration: generation, status, info, confirmedGeneration, time };
-    await this.#o.client.put(this.#k.status(this.id)).value(encode(doc));
+    await this.#c.put(this.#k.status(this.id)).value(encode(doc));
     const entry: LogEntry = { time, type: 'profile', appliance: this.id, direction: 'in', status, info, generation };
-    await appendLog(this.#o.client, this.#k.log(this.id), entry, this.#o.logKeep ?? LOG_KEEP);
+    await appendLog(this.#c, this.#k.log(this.id), entry, this.#o.logKeep ?? LOG_KEEP);
     this.#info(`connrate fleet ${this.id}: ${status}: ${info}`);
   }
 

@@ -21,6 +21,7 @@
  */
 import { hostname } from 'node:os';
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
+import { Connection, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
 import { resolveFor, fingerprint } from './resolve.js';
 import {
   type ApplianceDoc, type ClusterDoc, type Delivery, type DesiredDoc, type LogEntry, type PresenceDoc, type ProfileDoc, type StatusDoc,
@@ -33,7 +34,10 @@ interface Versioned<T> {
 }
 
 export interface ControllerOptions {
-  readonly client: Etcd3;
+  /** The etcd client; with `connect` as well, it is replaced after failures. */
+  readonly client?: Etcd3;
+  /** Makes a new client (after a watch failure or an etcd restart). */
+  readonly connect?: () => Etcd3;
   readonly keys: Keys;
   /** Informational lines. */
   readonly info?: (line: string) => void;
@@ -58,7 +62,7 @@ export async function trimLog(client: Etcd3, dir: string, keep: number): Promise
 }
 
 export class Controller {
-  readonly #c: Etcd3;
+  readonly #conn: Connection;
   readonly #k: Keys;
   readonly #info: (line: string) => void;
   readonly #keep: number;
@@ -78,10 +82,15 @@ export class Controller {
   #done: Promise<void> | undefined;
 
   constructor(opts: ControllerOptions) {
-    this.#c = opts.client;
+    this.#conn = new Connection(opts.connect, opts.client);
+    this.#ownsClient = !!opts.connect;
     this.#k = opts.keys;
     this.#info = opts.info ?? ((l) => process.stdout.write(`${l}\n`));
     this.#keep = opts.logKeep ?? LOG_KEEP;
+  }
+
+  get #c(): Etcd3 {
+    return this.#conn.client;
   }
 
   /** Run until stop(). */
@@ -94,6 +103,7 @@ export class Controller {
     this.#wake?.();
     await this.#cancelWatchers();
     await this.#done;
+    if (this.#ownsClient) this.#conn.close();
   }
 
   async #loop(): Promise<void> {
@@ -103,6 +113,10 @@ export class Controller {
         if (this.#relist) {
           this.#relist = false;
           await this.#cancelWatchers();
+          if (this.#renew) {
+            this.#renew = false;
+            this.#conn.renew();
+          }
           const rev = await this.#list();
           await this.#watch(rev);
           this.#dirty = true;
@@ -118,14 +132,22 @@ export class Controller {
         if (this.#stopped) break;
         this.#info(`connrate fleet controller: ${(err as Error).message}; retrying in ${retry} ms`);
         this.#relist = true;
+        this.#renew = true;
         await new Promise((r) => setTimeout(r, retry));
         retry = Math.min(retry * 2, MAX_RETRY_MS);
       }
     }
   }
 
+  #renew = false;
+  /** Clients made by `connect` are closed by stop(); a given client is the caller's. */
+  readonly #ownsClient: boolean;
+
   #poke(relist = false): void {
-    if (relist) this.#relist = true;
+    if (relist) {
+      this.#relist = true;
+      this.#renew = true;
+    }
     this.#dirty = true;
     this.#wake?.();
   }
@@ -165,32 +187,45 @@ export class Controller {
     return rev;
   }
 
+  /** The directories whose documents the controller keeps (log, clusterlog and seen are write-only here). */
+  #dirOf(key: string): string | undefined {
+    const k = this.#k;
+    return [k.profiles, k.appliances, k.desiredAll, k.presenceAll, k.statusAll, k.clustersAll].find((d) => key.startsWith(d));
+  }
+
+  /**
+   * One watch over the whole prefix from the revision after the listing (one
+   * watcher per client: a fresh client, and so a fresh stream, for each listing).
+   */
   async #watch(rev: string): Promise<void> {
     const next = (BigInt(rev) + 1n).toString();
-    for (const dir of [this.#k.profiles, this.#k.appliances, this.#k.desiredAll, this.#k.presenceAll, this.#k.statusAll, this.#k.clustersAll]) {
-      const w = await this.#c.watch().prefix(dir).startRevision(next).create();
-      w.on('put', (kv) => {
-        this.#onPut(dir, kv);
-        this.#poke();
-      });
-      w.on('delete', (kv) => {
-        this.#onDelete(dir, kv);
-        this.#poke();
-      });
-      // a compacted start revision, a cancelled watch: list again from scratch
-      w.on('error', (err) => {
-        if (this.#stopped) return;
-        this.#info(`connrate fleet controller: watch on ${dir} ended (${err.message}); listing again`);
-        this.#poke(true);
-      });
-      this.#watchers.push(w);
-    }
+    const w = await createWatcher(this.#c.watch().prefix(this.#k.prefix).startRevision(next));
+    w.on('put', (kv) => {
+      const dir = this.#dirOf(kv.key.toString());
+      if (!dir) return;
+      this.#onPut(dir, kv);
+      this.#poke();
+    });
+    w.on('delete', (kv) => {
+      const dir = this.#dirOf(kv.key.toString());
+      if (!dir) return;
+      this.#onDelete(dir, kv);
+      this.#poke();
+    });
+    // a compacted start revision, a cancelled watch: list again from scratch, on a fresh client
+    w.on('error', (err) => {
+      if (this.#stopped || !this.#watchers.includes(w)) return;
+      this.#watchers = this.#watchers.filter((x) => x !== w);
+      this.#info(`connrate fleet controller: watch on ${this.#k.prefix} ended (${watchEnd(err)}); listing again`);
+      this.#poke(true);
+    });
+    this.#watchers.push(w);
   }
 
   async #cancelWatchers(): Promise<void> {
     const ws = this.#watchers;
     this.#watchers = [];
-    await Promise.all(ws.map((w) => w.cancel().catch(() => {})));
+    await Promise.all(ws.map((w) => cancelWatcher(w)));
   }
 
   #onPut(dir: string, kv: IKeyValue): void {
@@ -342,8 +377,10 @@ export class Controller {
     if (cur.generation > confirmed && cur.generation > 0) {
       const online = this.#presence.has(a.id);
       if (online && cur.delivery !== 'sent') {
+        // an appliance that already reported on this generation needs no `sent` row after its own
+        const reported = (this.#status.get(a.id)?.observedGeneration ?? 0) >= cur.generation;
         const info = `generation ${cur.generation} sent: the appliance is back online`;
-        await this.#publish(a.id, { ...cur, delivery: 'sent' }, [this.#entry(a.id, 'sent', cur.generation, info)]);
+        await this.#publish(a.id, { ...cur, delivery: 'sent' }, reported ? [] : [this.#entry(a.id, 'sent', cur.generation, info)]);
       } else if (!online && cur.delivery === 'sent') {
         const info = `generation ${cur.generation} not confirmed: the appliance's presence lease expired`;
         await this.#publish(a.id, { ...cur, delivery: 'offline' }, [this.#entry(a.id, 'offline', cur.generation, info)]);

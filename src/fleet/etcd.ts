@@ -6,7 +6,7 @@
  *   CONNRATE_ETCD_USER, _PASSWORD   an etcd user
  */
 import { readFileSync } from 'node:fs';
-import { Etcd3, type IOptions } from 'etcd3';
+import { Etcd3, type IOptions, type WatchBuilder, type Watcher } from 'etcd3';
 import { ConnrateError, EXIT } from '../errors.js';
 
 export const DEFAULT_ENDPOINT = 'http://127.0.0.1:2379';
@@ -71,4 +71,77 @@ export function etcdFailure(op: string, err: unknown): ConnrateError {
   if (err instanceof ConnrateError) return err;
   const e = err as Error;
   return new ConnrateError(op, 'EIO', `etcd: ${e.message ?? String(e)}`, EXIT.FAILURE, { cause: err });
+}
+
+const CANCEL_WAIT_MS = 1_000;
+
+/**
+ * Cancel a watcher without waiting on a stream that may be gone: a watcher
+ * that etcd cancelled (compaction, an expired token) or one on a broken
+ * stream may never see its cancel acknowledged.
+ */
+export async function cancelWatcher(w: Watcher): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([w.cancel().catch(() => {}), new Promise<void>((r) => (timer = setTimeout(r, CANCEL_WAIT_MS)))]);
+  clearTimeout(timer);
+}
+
+/**
+ * A client that can be replaced: after a watch failure or an etcd restart a
+ * fresh client re-authenticates (tokens do not survive a restart) and
+ * forgets the old connection's back-off.
+ */
+export class Connection {
+  #client: Etcd3;
+
+  constructor(private readonly factory: (() => Etcd3) | undefined, client?: Etcd3) {
+    if (!client && !factory) throw new Error('Connection: a client or a factory is needed');
+    this.#client = client ?? factory!();
+  }
+
+  get client(): Etcd3 {
+    return this.#client;
+  }
+
+  /** Replace the client (when there is a factory); true if it was replaced. */
+  renew(): boolean {
+    if (!this.factory) return false;
+    const old = this.#client;
+    this.#client = this.factory();
+    old.close();
+    return true;
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}
+
+/** Why etcd ended a watch, for a log line (a compacted start revision comes without a reason). */
+export function watchEnd(err: Error): string {
+  return /canceled: *$/.test(err.message) ? 'cancelled by etcd: its start revision was compacted' : err.message;
+}
+
+const CREATE_WAIT_MS = 10_000;
+
+/**
+ * Create a watcher, or fail after a while: on a stream that lost its
+ * authentication a watch is never acknowledged, and waiting for it would hang.
+ */
+export async function createWatcher(b: WatchBuilder): Promise<Watcher> {
+  const w = b.watcher();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`etcd did not acknowledge a watch within ${CREATE_WAIT_MS / 1000} s`)), CREATE_WAIT_MS);
+      w.once('connected', () => resolve());
+      w.once('error', reject);
+    });
+  } catch (err) {
+    void cancelWatcher(w);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  return w;
 }
