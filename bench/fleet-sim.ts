@@ -36,6 +36,7 @@ export interface SimStats {
   leasesLost: number;
   /** Start-ups (presence, list, watch) that failed and were retried, as the agent retries. */
   startRetries: number;
+  lastStartError?: string;
 }
 
 /** `delivered`: the appliance's watch brought the desired document; `confirmed`: its confirmed status is written. */
@@ -66,6 +67,7 @@ class SimAppliance {
       } catch (err) {
         if (this.#stopped || attempt >= MAX_START_ATTEMPTS) throw err;
         this.stats.startRetries++;
+        this.stats.lastStartError = (err as Error).message;
         await new Promise((r) => setTimeout(r, delay));
       }
     }
@@ -176,6 +178,9 @@ export class SimFleet {
     }
   }
 
+  /** Simulated appliances whose presence and watch are in place. */
+  online = 0;
+
   async start(): Promise<void> {
     for (let i = 0; i < this.connections; i++) this.#clients.push(this.etcd.client());
     const onConfirmed: Confirmed = (what, id, d, at) => {
@@ -185,7 +190,7 @@ export class SimFleet {
     };
     this.#sims = this.ids.map((id, i) => new SimAppliance(id, this.#clients[i % this.connections]!, this.keys, this.leaseTtlSeconds, onConfirmed, this.stats));
     for (let i = 0; i < this.#sims.length; i += START_CONCURRENCY) {
-      await Promise.all(this.#sims.slice(i, i + START_CONCURRENCY).map((s) => s.start()));
+      await Promise.all(this.#sims.slice(i, i + START_CONCURRENCY).map((s) => s.start().then(() => void this.online++)));
     }
   }
 

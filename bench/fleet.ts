@@ -120,6 +120,7 @@ interface ScaleResult {
   leasesLost: number;
   /** Simulated appliances' start-ups that failed and were retried (as the agent retries). */
   startRetries: number;
+  lastStartError?: string;
 }
 
 async function scale(n: number, rounds: number, connections: number): Promise<ScaleResult> {
@@ -148,7 +149,8 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       if (!stopping) process.stderr.write(`\ncontroller exited (${code ?? sig}):\n${controllerLog}\n`);
     });
     process.stdout.write(' appliances online…');
-    await sims.start();
+    const progress = setInterval(() => process.stdout.write(` [${sims!.online} online, ${sims!.stats.startRetries} retries${sims!.stats.lastStartError ? `: ${sims!.stats.lastStartError}` : ''}]`), 30_000);
+    await sims.start().finally(() => clearInterval(progress));
     const registered = await etcd.dbSize();
 
     const confirm: number[] = [];
@@ -225,6 +227,7 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       etcdRequestsPerRound: requests,
       leasesLost: sims.stats.leasesLost,
       startRetries: sims.stats.startRetries,
+      ...(sims.stats.lastStartError ? { lastStartError: sims.stats.lastStartError } : {}),
     };
   } catch (e) {
     process.stderr.write(`\n  ${n} appliances: ${(e as Error).message}\n`);
