@@ -39,7 +39,11 @@ describe('resolution on real appliances', () => {
     expect(edge1.stored()).toMatchObject({ [VAR.TCP]: '40', [VAR.BURST]: '5', [VAR.UDP]: '33', [VAR.UDP_PORTS]: '[ ]' });
     for (const m of [haA, haB]) expect(m.stored()).toMatchObject({ [VAR.TCP]: '10', [VAR.BURST]: '5', [VAR.UDP_PORTS]: '[ 1194 ]', [VAR.UDP]: '20' });
     expect(edge1.datapathStatus().inForce).toMatchObject({ [VAR.TCP]: '40', [VAR.UDP]: '33' });
-    expect(clusterConfirmations()).toBe(1);
+    // one cluster row per configuration every member confirmed, never two for the same one
+    const cl = fleet.status().filter((e) => e.type === 'cluster' && e.status === 'confirmed');
+    expect(new Set(cl.map((e) => e.info)).size).toBe(cl.length);
+    expect(cl[0]!.info).toContain(`ha-a generation ${gen('ha-a')}`);
+    expect(cl[0]!.info).toContain(`ha-b generation ${gen('ha-b')}`);
     const rows = fleet.appliancesJson();
     expect(rows.map((r) => [r.id, r.cluster, r.online, r.desiredGeneration === r.confirmedGeneration])).toEqual([
       ['edge1', null, true, true], ['ha-a', 'ha1', true, true], ['ha-b', 'ha1', true, true],
