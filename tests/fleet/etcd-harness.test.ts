@@ -106,5 +106,9 @@ describe('etcd harness', () => {
     }
     const c = cluster.client();
     expect(await c.get('u').string()).toBe('from-netns');
+    // a killed member leaves its socket file; it starts again on it
+    await cluster.kill(cluster.members[0]!);
+    await cluster.start(cluster.members[0]!);
+    expect(await c.get('u').string()).toBe('from-netns');
   });
 });

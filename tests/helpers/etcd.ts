@@ -280,6 +280,8 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdCluster> {
 
   const spawnMember = (s: MemberState): void => {
     if (s.child && s.child.exitCode === null && s.child.signalCode === null) throw new Error(`etcd ${s.name} is already running`);
+    // A member that was killed leaves its socket file behind; etcd would refuse to bind it again.
+    if (s.unixUrl) rmSync(s.unixUrl.slice('unix://'.length), { force: true });
     const fd = openSync(s.logFile, 'a');
     // Its own process group: a Ctrl-C meant for the test runner does not reach it; we end it by PID.
     const child = spawn(ETCD_BIN, argsOf(s), { cwd: dir, stdio: ['ignore', fd, fd], detached: true, env: { ...process.env, ETCDCTL_API: '3' } });
