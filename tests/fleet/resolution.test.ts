@@ -44,6 +44,10 @@ describe('resolution on real appliances', () => {
     expect(new Set(cl.map((e) => e.info)).size).toBe(cl.length);
     expect(cl[0]!.info).toContain(`ha-a generation ${gen('ha-a')}`);
     expect(cl[0]!.info).toContain(`ha-b generation ${gen('ha-b')}`);
+    // the publication log of one profile: the appliances it applies to (with their cluster)
+    const byProfile = fleet.status(['--profile', 'primary']);
+    expect(new Set(byProfile.map((e) => e.appliance))).toEqual(new Set(['ha-a', 'ha-b', 'ha1']));
+    expect(new Set(fleet.status(['--appliance', 'edge1']).map((e) => e.appliance))).toEqual(new Set(['edge1']));
     const rows = fleet.appliancesJson();
     expect(rows.map((r) => [r.id, r.cluster, r.online, r.desiredGeneration === r.confirmedGeneration])).toEqual([
       ['edge1', null, true, true], ['ha-a', 'ha1', true, true], ['ha-b', 'ha1', true, true],
