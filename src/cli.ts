@@ -99,6 +99,8 @@ function statsRates(prev: Stats, cur: Stats, seconds: number): Record<string, nu
 }
 
 const err = (s: string): void => void process.stderr.write(`connrate: ${s}\n`);
+/** An ISO time as the fleet tables print it: 2026-01-31 12:00:00.000 (UTC). */
+const tableTime = (iso: string): string => iso.replace('T', ' ').replace('Z', '');
 
 /** Run `fn` with an etcd client from the environment; etcd failures become exit 1. */
 async function withEtcd<T>(op: string, fn: (c: Etcd3, k: Keys) => Promise<T>): Promise<T> {
@@ -201,7 +203,7 @@ Environment:
       if (o.json) return out(json(rows));
       if (rows.length === 0) return out('no appliance');
       out(table([{ header: 'appliance' }, { header: 'tags' }, { header: 'cluster' }, { header: 'online' }, { header: 'desired', align: 'right' }, { header: 'confirmed', align: 'right' }, { header: 'last seen' }],
-        rows.map((r) => [r.id, r.tags.join(','), r.cluster ?? '-', r.online ? 'yes' : 'no', String(r.desiredGeneration), String(r.confirmedGeneration), r.online ? 'now' : (r.lastSeen ?? 'never')])));
+        rows.map((r) => [r.id, r.tags.join(','), r.cluster ?? '-', r.online ? 'yes' : 'no', String(r.desiredGeneration), String(r.confirmedGeneration), r.online ? 'now' : r.lastSeen ? tableTime(r.lastSeen) : 'never'])));
     });
 
   fleet
@@ -215,7 +217,7 @@ Environment:
       if (o.json) return out(json(rows));
       if (rows.length === 0) return out('no publication yet');
       out(table([{ header: 'time' }, { header: 'type' }, { header: 'appliance' }, { header: 'direction' }, { header: 'status' }, { header: 'generation', align: 'right' }, { header: 'info' }],
-        rows.map((r) => [r.time.replace('T', ' ').replace('Z', ''), r.type, r.appliance, r.direction, r.status, String(r.generation), r.info])));
+        rows.map((r) => [tableTime(r.time), r.type, r.appliance, r.direction, r.status, String(r.generation), r.info])));
     });
 
   fleet

@@ -46,6 +46,8 @@ export interface ControllerOptions {
 }
 
 const RETRY_MS = 500;
+/** Publications in flight at once. */
+const CONCURRENCY = 32;
 const MAX_RETRY_MS = 5_000;
 
 /** Append a log entry under `dir` and drop the oldest beyond `keep`. */
@@ -337,11 +339,13 @@ export class Controller {
 
   async #reconcile(): Promise<void> {
     const all = [...this.#appliances.values()];
-    for (const a of all) {
-      if (this.#stopped) return;
-      await this.#reconcileAppliance(a, all);
-    }
-    await this.#reconcileClusters(all);
+    // appliances are independent: a bounded number of transactions in flight
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < all.length && !this.#stopped) await this.#reconcileAppliance(all[next++]!, all);
+    };
+    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, all.length) }, worker));
+    if (!this.#stopped) await this.#reconcileClusters(all);
   }
 
   async #reconcileAppliance(a: ApplianceDoc, all: readonly ApplianceDoc[]): Promise<void> {
