@@ -68,5 +68,5 @@ describe('the etcd leader of a 3-member cluster killed during a publication', ()
     await expect
       .poll(async () => JSON.parse((await only.get(`${PREFIX}desired/ha2`).string()) ?? '{}').generation, { timeout: 30_000 })
       .toBe(3);
-  });
+  }, 240_000);
 });
