@@ -31,6 +31,8 @@ import {
 /** One appliance's planned write: its desired document, log entries, and a line for the controller's output. */
 interface Write {
   readonly id: string;
+  /** The mod revision of desired/ID the plan was made from ("0": absent); the write only happens if it is still that. */
+  readonly expect: string;
   readonly doc: DesiredDoc;
   readonly entries: LogEntry[];
   readonly line?: string;
@@ -338,8 +340,8 @@ export class Controller {
     if (batch.length === 1) return void (await this.#write(batch[0]!));
     const now = new Date();
     const [first, ...rest] = batch;
-    let txn = this.#c.if(this.#k.desired(first!.id), 'Mod', '==', this.#desiredRevision(first!.id));
-    for (const w of rest) txn = txn.and(this.#k.desired(w.id), 'Mod', '==', this.#desiredRevision(w.id));
+    let txn = this.#c.if(this.#k.desired(first!.id), 'Mod', '==', first!.expect);
+    for (const w of rest) txn = txn.and(this.#k.desired(w.id), 'Mod', '==', w.expect);
     const ops = batch.flatMap((w) => [
       this.#c.put(this.#k.desired(w.id)).value(encode(w.doc)),
       ...w.entries.map((e) => this.#c.put(`${this.#k.log(w.id)}${logSeq(now)}`).value(encode(e))),
@@ -353,24 +355,31 @@ export class Controller {
   }
 
   async #write(w: Write): Promise<boolean> {
-    const ok = await this.#publish(w.id, w.doc, w.entries);
+    const ok = await this.#publish(w.id, w.expect, w.doc, w.entries);
     if (ok && w.line) this.#info(`connrate fleet controller: ${w.id}: ${w.line}`);
     return ok;
   }
 
+  /** Remember what we wrote, unless the watch already brought something newer. */
+  #cacheDesired(id: string, doc: DesiredDoc, revision: string): void {
+    const known = this.#desired.get(id);
+    if (known && BigInt(known.modRevision) > BigInt(revision)) return;
+    this.#desired.set(id, { doc, modRevision: revision });
+    this.#badDesired.delete(id);
+  }
+
   async #written(w: Write, revision: string): Promise<void> {
-    this.#desired.set(w.id, { doc: w.doc, modRevision: revision });
-    this.#badDesired.delete(w.id);
+    this.#cacheDesired(w.id, w.doc, revision);
     if (w.line) this.#info(`connrate fleet controller: ${w.id}: ${w.line}`);
     if (w.entries.length) await this.#maybeTrim(this.#k.log(w.id), w.entries.length);
   }
 
-  /** Write desired/ID if nobody changed it since we read it; with log entries. False: lost the race. */
-  async #publish(id: string, doc: DesiredDoc, entries: LogEntry[]): Promise<boolean> {
+  /** Write desired/ID if it is still at the revision the plan was made from; with log entries. False: lost the race. */
+  async #publish(id: string, expect: string, doc: DesiredDoc, entries: LogEntry[]): Promise<boolean> {
     const key = this.#k.desired(id);
     const now = new Date();
     const res = await this.#c
-      .if(key, 'Mod', '==', this.#desiredRevision(id))
+      .if(key, 'Mod', '==', expect)
       .then(
         this.#c.put(key).value(encode(doc)),
         ...entries.map((e) => this.#c.put(`${this.#k.log(id)}${logSeq(now)}`).value(encode(e))),
@@ -380,8 +389,7 @@ export class Controller {
       this.#dirtyIds.add(id); // the watch brings the newer document; reconcile again then
       return false;
     }
-    this.#desired.set(id, { doc, modRevision: String(res.header.revision) });
-    this.#badDesired.delete(id);
+    this.#cacheDesired(id, doc, String(res.header.revision));
     if (entries.length) await this.#maybeTrim(this.#k.log(id), entries.length);
     return true;
   }
@@ -440,6 +448,7 @@ export class Controller {
   /** What appliance `a` needs written, if anything. */
   #plan(a: ApplianceDoc, all: readonly ApplianceDoc[]): Write | undefined {
     const r = resolveFor(a, all, this.#profiles.values());
+    const expect = this.#desiredRevision(a.id);
     const cur = this.#desired.get(a.id)?.doc;
     const confirmed = this.#status.get(a.id)?.confirmedGeneration ?? 0;
     const time = new Date().toISOString();
@@ -451,7 +460,7 @@ export class Controller {
         ? { ...cur, conflict }
         : { id: a.id, generation: 0, values: {}, profiles: r.profiles, cluster: a.cluster, time, delivery: 'pending', conflict };
       const info = `${conflict}; ${gen ? `generation ${gen} stays in force` : 'nothing published'}`;
-      return { id: a.id, doc, entries: [this.#entry(a.id, 'error', gen, info)], line: info };
+      return { id: a.id, expect, doc, entries: [this.#entry(a.id, 'error', gen, info)], line: info };
     }
     if (!cur || fingerprint(cur.values) !== fingerprint(r.values) || (cur.generation === 0 && Object.keys(r.values).length > 0)) {
       if (!cur && Object.keys(r.values).length === 0 && r.profiles.length === 0) return undefined; // nothing to publish yet
@@ -459,10 +468,10 @@ export class Controller {
       const delivery = this.#delivery(a.id);
       const doc: DesiredDoc = { id: a.id, generation, values: r.values, profiles: r.profiles, cluster: a.cluster, time, delivery, conflict: null };
       const info = this.#deliveryInfo(delivery, generation, r.profiles);
-      return { id: a.id, doc, entries: [this.#entry(a.id, delivery, generation, info)], line: info };
+      return { id: a.id, expect, doc, entries: [this.#entry(a.id, delivery, generation, info)], line: info };
     }
     if (cur.conflict !== null || cur.cluster !== a.cluster) {
-      return { id: a.id, doc: { ...cur, conflict: null, cluster: a.cluster }, entries: [] };
+      return { id: a.id, expect, doc: { ...cur, conflict: null, cluster: a.cluster }, entries: [] };
     }
     // presence changes for a generation not confirmed yet
     if (cur.generation > confirmed && cur.generation > 0) {
@@ -471,10 +480,10 @@ export class Controller {
         // an appliance that already reported on this generation needs no `sent` row after its own
         const reported = (this.#status.get(a.id)?.observedGeneration ?? 0) >= cur.generation;
         const info = `generation ${cur.generation} sent: the appliance is back online`;
-        return { id: a.id, doc: { ...cur, delivery: 'sent' }, entries: reported ? [] : [this.#entry(a.id, 'sent', cur.generation, info)] };
+        return { id: a.id, expect, doc: { ...cur, delivery: 'sent' }, entries: reported ? [] : [this.#entry(a.id, 'sent', cur.generation, info)] };
       } else if (!online && cur.delivery === 'sent') {
         const info = `generation ${cur.generation} not confirmed: the appliance's presence lease expired`;
-        return { id: a.id, doc: { ...cur, delivery: 'offline' }, entries: [this.#entry(a.id, 'offline', cur.generation, info)] };
+        return { id: a.id, expect, doc: { ...cur, delivery: 'offline' }, entries: [this.#entry(a.id, 'offline', cur.generation, info)] };
       }
     }
     return undefined;
