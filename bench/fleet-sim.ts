@@ -28,10 +28,15 @@ import type { EtcdCluster } from '../tests/helpers/etcd.js';
 
 const START_CONCURRENCY = 100;
 const REGISTER_RETRY_MS = 500;
+const MAX_RETRY_MS = 5_000;
+const MAX_START_ATTEMPTS = 30;
 
 export interface SimStats {
   /** Presence leases that ran out while their appliance was running (keep-alives that came too late). */
   leasesLost: number;
+  /** Start-ups (presence, list, watch) that failed and were retried, as the agent retries. */
+  startRetries: number;
+  lastStartError?: string;
 }
 
 /** `delivered`: the appliance's watch brought the desired document; `confirmed`: its confirmed status is written. */
@@ -54,7 +59,22 @@ class SimAppliance {
     readonly stats: SimStats,
   ) {}
 
+  /** As the agent: retry (500 ms, doubling to 5 s) until presence and watch are in place. */
   async start(): Promise<void> {
+    for (let delay = REGISTER_RETRY_MS, attempt = 1; ; attempt++, delay = Math.min(delay * 2, MAX_RETRY_MS)) {
+      try {
+        return await this.#start();
+      } catch (err) {
+        if (this.#stopped || attempt >= MAX_START_ATTEMPTS) throw err;
+        this.stats.startRetries++;
+        this.stats.lastStartError = (err as Error).message;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
+  async #start(): Promise<void> {
+    await this.#watcher?.cancel().catch(() => {});
     await this.#register();
     const res = await this.client.get(this.keys.desired(this.id)).exec();
     this.#onDesired(res.kvs[0]);
@@ -127,7 +147,7 @@ export class SimFleet {
   readonly keys = new Keys();
   readonly ids: string[];
   readonly leaseTtlSeconds = DEFAULT_LEASE_TTL_SEC;
-  readonly stats: SimStats = { leasesLost: 0 };
+  readonly stats: SimStats = { leasesLost: 0, startRetries: 0 };
   #clients: Etcd3[] = [];
   #sims: SimAppliance[] = [];
   #waiters: { what: 'delivered' | 'confirmed'; values: Record<string, string>; left: Set<string>; resolve(t: number): void }[] = [];
@@ -158,6 +178,9 @@ export class SimFleet {
     }
   }
 
+  /** Simulated appliances whose presence and watch are in place. */
+  online = 0;
+
   async start(): Promise<void> {
     for (let i = 0; i < this.connections; i++) this.#clients.push(this.etcd.client());
     const onConfirmed: Confirmed = (what, id, d, at) => {
@@ -167,7 +190,7 @@ export class SimFleet {
     };
     this.#sims = this.ids.map((id, i) => new SimAppliance(id, this.#clients[i % this.connections]!, this.keys, this.leaseTtlSeconds, onConfirmed, this.stats));
     for (let i = 0; i < this.#sims.length; i += START_CONCURRENCY) {
-      await Promise.all(this.#sims.slice(i, i + START_CONCURRENCY).map((s) => s.start()));
+      await Promise.all(this.#sims.slice(i, i + START_CONCURRENCY).map((s) => s.start().then(() => void this.online++)));
     }
   }
 

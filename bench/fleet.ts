@@ -118,6 +118,9 @@ interface ScaleResult {
   etcdRequestsPerRound: Record<string, number>;
   /** Presence leases of simulated appliances that expired while they ran (their keep-alives came too late: the bench process was starved). */
   leasesLost: number;
+  /** Simulated appliances' start-ups that failed and were retried (as the agent retries). */
+  startRetries: number;
+  lastStartError?: string;
 }
 
 async function scale(n: number, rounds: number, connections: number): Promise<ScaleResult> {
@@ -146,7 +149,8 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       if (!stopping) process.stderr.write(`\ncontroller exited (${code ?? sig}):\n${controllerLog}\n`);
     });
     process.stdout.write(' appliances online…');
-    await sims.start();
+    const progress = setInterval(() => process.stdout.write(` [${sims!.online} online, ${sims!.stats.startRetries} retries${sims!.stats.lastStartError ? `: ${sims!.stats.lastStartError}` : ''}]`), 30_000);
+    await sims.start().finally(() => clearInterval(progress));
     const registered = await etcd.dbSize();
 
     const confirm: number[] = [];
@@ -222,7 +226,12 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       simulatedAppliancesCpuSecondsPerRound: round1(simCpuPerRound),
       etcdRequestsPerRound: requests,
       leasesLost: sims.stats.leasesLost,
+      startRetries: sims.stats.startRetries,
+      ...(sims.stats.lastStartError ? { lastStartError: sims.stats.lastStartError } : {}),
     };
+  } catch (e) {
+    process.stderr.write(`\n  ${n} appliances: ${(e as Error).message}\n`);
+    throw e;
   } finally {
     stopping = true;
     if (controller && controller.exitCode === null && controller.signalCode === null) {
@@ -231,7 +240,8 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       await Promise.race([exited, sleep(5_000)]);
       if (controller.exitCode === null && controller.signalCode === null) controller.kill('SIGKILL');
     }
-    await sims?.stop();
+    // bounded: a starved run must still end and remove etcd
+    await Promise.race([sims?.stop(), sleep(60_000)]);
     admin?.close();
     await etcd.destroy();
   }
@@ -249,7 +259,6 @@ async function main(): Promise<void> {
     try {
       results.push(await scale(n, rounds, connections));
     } catch (e) {
-      console.error(`\n  ${n} appliances: ${(e as Error).message}`);
       // one size the machine does not hold does not lose the others' figures
       results.push({ appliances: n, connections, error: (e as Error).message });
     }
@@ -266,6 +275,8 @@ async function main(): Promise<void> {
   const file = argv.out ?? `bench/results/fleet-${new Date().toISOString().slice(0, 10)}.json`;
   writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`wrote ${file}`);
+  // simulated appliances of a starved size may still hold timers (keep-alives, retries)
+  process.exit(0);
 }
 
 main().catch((e: unknown) => {

@@ -1,13 +1,14 @@
 /**
  * The fleet on its embedded default: a local etcd (one member on loopback and a
- * unix socket, temporary data dir), the fleet controller, and two appliances,
- * each a real `connrate run --fleet ID` daemon in its own network-namespace
- * testbed (198.18.0.0/15 only). A profile is published, the publication status
+ * unix socket, temporary data dir, authentication on), the fleet controller,
+ * and two appliances, each a real `connrate run --fleet ID` daemon in its own
+ * network-namespace testbed (198.18.0.0/15 only) and its own etcd user. A profile is published, the publication status
  * shown, enforcement proven with real TCP; then one appliance is taken offline,
  * a change is published, the appliance comes back and confirms. Everything is
  * removed at the end. Run: npm run demo:fleet (as root).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { Appliance, BIN } from '../tests/helpers/appliance.js';
 import { type EtcdCluster, startEtcd } from '../tests/helpers/etcd.js';
 import { createTestbed, type Testbed, waitFor } from '../tests/helpers/testbed.js';
@@ -67,11 +68,14 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => void stop().then(() => process.exit(130)));
 
   try {
-    step('a local etcd: Debian etcd-server, one member on loopback (free port) and a unix socket, temporary data dir');
+    step('a local etcd: Debian etcd-server, one member on loopback (free port) and a unix socket, temporary data dir, authentication on');
     etcd = await startEtcd({ unixSockets: true });
+    const root = { user: 'root', password: randomBytes(12).toString('base64url') };
+    await etcd.enableAuth(root.password);
     // A unix socket reaches etcd from inside the appliances' network namespaces too.
-    Object.assign(process.env, etcd.env({ unix: true }));
-    say(`etcd ${etcd.endpoints[0]} (pid ${etcd.members[0]!.pid}), CONNRATE_ETCD=${process.env.CONNRATE_ETCD}`);
+    // The admin's CLI and the controller run as root; each appliance as its own user.
+    Object.assign(process.env, etcd.env({ unix: true, auth: root }));
+    say(`etcd ${etcd.endpoints[0]} (pid ${etcd.members[0]!.pid}), CONNRATE_ETCD=${process.env.CONNRATE_ETCD}, admin user root`);
 
     step('two appliances, each a testbed: its own network namespaces, 198.18.0.0/15 only');
     for (const id of ['fw-a', 'fw-b']) {
@@ -83,18 +87,25 @@ async function main(): Promise<void> {
     }
     const [a, b] = apps as [Appliance, Appliance];
 
-    step('register the appliances (both tagged "branch")');
-    fleet(['appliance', 'set', 'fw-a', '--tag', 'branch']);
-    fleet(['appliance', 'set', 'fw-b', '--tag', 'branch']);
+    step('register the appliances (both tagged "branch"); each gets its own etcd user');
+    const creds = new Map<string, Record<string, string>>();
+    for (const id of ['fw-a', 'fw-b']) {
+      const out = fleet(['appliance', 'set', id, '--tag', 'branch']);
+      const user = /CONNRATE_ETCD_USER=(\S+)/.exec(out)?.[1];
+      const password = /CONNRATE_ETCD_PASSWORD=(\S+)/.exec(out)?.[1];
+      if (!user || !password) throw new Error(`connrate fleet appliance set ${id} printed no credentials`);
+      creds.set(id, { ...etcd.env({ unix: true, auth: { user, password } }) });
+    }
+    const run = (app: Appliance, id: string): Promise<void> => app.start(['--metrics', 'off', '--fleet', id], creds.get(id));
 
     step('start the controller: connrate fleet controller');
     controller = spawn(BIN, ['fleet', 'controller'], { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
     controller.stdout!.on('data', (d: Buffer) => void (controllerLog += d.toString()));
     controller.stderr!.on('data', (d: Buffer) => void (controllerLog += d.toString()));
 
-    step('start the daemons: connrate run --fleet ID, each in its appliance namespace');
-    await a.start(['--metrics', 'off', '--fleet', 'fw-a']);
-    await b.start(['--metrics', 'off', '--fleet', 'fw-b']);
+    step('start the daemons: connrate run --fleet ID, each in its appliance namespace, as its own etcd user');
+    await run(a, 'fw-a');
+    await run(b, 'fw-b');
     await waitForRows('both appliances online', (m) => !!m.get('fw-a')?.online && !!m.get('fw-b')?.online);
     fleet(['appliances']);
 
@@ -126,7 +137,7 @@ async function main(): Promise<void> {
     fleet(['status', '--appliance', 'fw-b']);
 
     step('bring fw-b back: connrate run --fleet fw-b; it gets the latest generation and confirms it once');
-    await b.start(['--metrics', 'off', '--fleet', 'fw-b']);
+    await run(b, 'fw-b');
     await waitForRows('fw-b to confirm generation 2', (m) => (m.get('fw-b')?.confirmedGeneration ?? 0) >= 2);
     fleet(['status']);
     fleet(['appliances']);
