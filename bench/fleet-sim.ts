@@ -1,7 +1,7 @@
 /**
  * SIMULATED appliances for bench/fleet.ts: each speaks the fleet agent's etcd
  * protocol with the agent's own schema and helpers (src/fleet/keys.ts, the
- * controller's appendLog, the extc validator, the agent's lease TTL), in the
+ * agent's writeReport, the extc validator, the agent's lease TTL), in the
  * agent's order (src/fleet/agent.ts):
  *
  *   1. presence/ID on its own lease, kept alive by etcd3's keep-alive stream
@@ -21,8 +21,8 @@
 import type { Etcd3, IKeyValue, Lease, Watcher } from 'etcd3';
 import { canonicalValue } from '../src/config/variables.js';
 import { InvalidValueError } from '../src/errors.js';
-import { DEFAULT_LEASE_TTL_SEC } from '../src/fleet/agent.js';
-import { appendLog } from '../src/fleet/controller.js';
+import { DEFAULT_LEASE_TTL_SEC, writeReport } from '../src/fleet/agent.js';
+import { LOG_SLACK } from '../src/fleet/controller.js';
 import { type ApplianceDoc, type DesiredDoc, type LogEntry, type StatusDoc, Keys, LOG_KEEP, encode, parseDesired, parseStatus } from '../src/fleet/keys.js';
 import type { EtcdCluster } from '../tests/helpers/etcd.js';
 
@@ -112,12 +112,16 @@ class SimAppliance {
     });
   }
 
+  #sinceTrim: number | undefined;
+
   async #report(status: StatusDoc['status'], generation: number, confirmedGeneration: number, info: string): Promise<void> {
     const time = new Date().toISOString();
     const doc: StatusDoc = { id: this.id, observedGeneration: generation, status, info, confirmedGeneration, time };
-    await this.client.put(this.keys.status(this.id)).value(encode(doc));
     const entry: LogEntry = { time, type: 'profile', appliance: this.id, direction: 'in', status, info, generation };
-    await appendLog(this.client, this.keys.log(this.id), entry, LOG_KEEP);
+    // as the agent does: status and log entry in one transaction, the log trimmed every LOG_SLACK reports
+    const trim = this.#sinceTrim === undefined || this.#sinceTrim + 1 >= LOG_SLACK;
+    await writeReport(this.client, this.keys, doc, entry, trim ? LOG_KEEP : undefined);
+    this.#sinceTrim = trim ? 0 : (this.#sinceTrim ?? 0) + 1;
   }
 
   async #handle(): Promise<void> {

@@ -21,9 +21,9 @@ import { updateRule } from '../control/commands.js';
 import { Datapath } from '../control/datapath.js';
 import type { PinDir } from '../control/pins.js';
 import { ConnrateError, InvalidValueError } from '../errors.js';
-import { appendLog } from './controller.js';
+import { LOG_SLACK, trimLog } from './controller.js';
 import { Connection, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
-import { type DesiredDoc, type LogEntry, type StatusDoc, FleetDataError, Keys, LOG_KEEP, encode, parseDesired, parseStatus } from './keys.js';
+import { type DesiredDoc, type LogEntry, type StatusDoc, FleetDataError, Keys, LOG_KEEP, encode, logSeq, parseDesired, parseStatus } from './keys.js';
 
 export const DEFAULT_LEASE_TTL_SEC = 10;
 const RETRY_MS = 500;
@@ -54,6 +54,18 @@ export function appliedPath(store: Store, id: string): string {
   return join(dirname(store.path), `fleet-${id}.json`);
 }
 
+/**
+ * An appliance's report: its status document and the matching `in` log entry,
+ * in one transaction; then, unless `keep` is undefined, the log is trimmed.
+ */
+export async function writeReport(client: Etcd3, keys: Keys, status: StatusDoc, entry: LogEntry, keep: number | undefined = LOG_KEEP): Promise<void> {
+  await client
+    .if(keys.status(status.id), 'Version', '>', -1) // always true: a transaction only to write both at once
+    .then(client.put(keys.status(status.id)).value(encode(status)), client.put(`${keys.log(status.id)}${logSeq(new Date(entry.time))}`).value(encode(entry)))
+    .commit();
+  if (keep !== undefined) await trimLog(client, keys.log(status.id), keep);
+}
+
 export class Agent {
   readonly #o: AgentOptions;
   readonly #conn: Connection;
@@ -64,6 +76,7 @@ export class Agent {
   #leaseLost = true;
   #watcher: Watcher | undefined;
   #relist = true;
+  #sinceTrim: number | undefined;
   #latest: DesiredDoc | undefined;
   #pending = false;
   #stopped = false;
@@ -227,9 +240,11 @@ export class Agent {
   async #report(status: StatusDoc['status'], generation: number, confirmedGeneration: number, info: string): Promise<void> {
     const time = new Date().toISOString();
     const doc: StatusDoc = { id: this.id, observedGeneration: generation, status, info, confirmedGeneration, time };
-    await this.#c.put(this.#k.status(this.id)).value(encode(doc));
     const entry: LogEntry = { time, type: 'profile', appliance: this.id, direction: 'in', status, info, generation };
-    await appendLog(this.#c, this.#k.log(this.id), entry, this.#o.logKeep ?? LOG_KEEP);
+    // the log is trimmed at the first report and then every LOG_SLACK reports
+    const trim = this.#sinceTrim === undefined || this.#sinceTrim + 1 >= LOG_SLACK;
+    await writeReport(this.#c, this.#k, doc, entry, trim ? (this.#o.logKeep ?? LOG_KEEP) : undefined);
+    this.#sinceTrim = trim ? 0 : (this.#sinceTrim ?? 0) + 1;
     this.#info(`connrate fleet ${this.id}: ${status}: ${info}`);
   }
 

@@ -20,13 +20,23 @@
  * at any moment.
  */
 import { hostname } from 'node:os';
-import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
+import { type Etcd3, type IKeyValue, Range, type Watcher } from 'etcd3';
 import { Connection, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
 import { resolveFor, fingerprint } from './resolve.js';
 import {
   type ApplianceDoc, type ClusterDoc, type Delivery, type DesiredDoc, type LogEntry, type PresenceDoc, type ProfileDoc, type StatusDoc,
   FleetDataError, Keys, LOG_KEEP, encode, logSeq, parseAppliance, parseCluster, parseDesired, parsePresence, parseProfile, parseStatus,
 } from './keys.js';
+
+/** One appliance's planned write: its desired document, log entries, and a line for the controller's output. */
+interface Write {
+  readonly id: string;
+  /** The mod revision of desired/ID the plan was made from ("0": absent); the write only happens if it is still that. */
+  readonly expect: string;
+  readonly doc: DesiredDoc;
+  readonly entries: LogEntry[];
+  readonly line?: string;
+}
 
 interface Versioned<T> {
   readonly doc: T;
@@ -46,8 +56,10 @@ export interface ControllerOptions {
 }
 
 const RETRY_MS = 500;
-/** Publications in flight at once. */
-const CONCURRENCY = 32;
+/** Transactions in flight at once. */
+const CONCURRENCY = 8;
+/** Appliances written per transaction (two operations each, within etcd's default 128). */
+const BATCH = 32;
 const MAX_RETRY_MS = 5_000;
 
 /** Append a log entry under `dir` and drop the oldest beyond `keep`. */
@@ -56,11 +68,19 @@ export async function appendLog(client: Etcd3, dir: string, entry: LogEntry, kee
   await trimLog(client, dir, keep);
 }
 
+/** Entries a log may hold beyond `keep` before it is trimmed (one delete per this many appends). */
+export const LOG_SLACK = 10;
+
+/**
+ * Keep the newest `keep` entries under `dir`: once there are more than
+ * `keep + LOG_SLACK`, the oldest go in one range delete.
+ */
 export async function trimLog(client: Etcd3, dir: string, keep: number): Promise<void> {
   const n = await client.getAll().prefix(dir).count();
-  if (n <= keep) return;
+  if (n <= keep + LOG_SLACK) return;
   const old = await client.getAll().prefix(dir).sort('Key', 'Ascend').limit(n - keep).keys();
-  for (const k of old) await client.delete().key(k);
+  const last = old[old.length - 1];
+  if (last !== undefined) await client.delete().range(new Range(dir, `${last}\0`)).exec();
 }
 
 export class Controller {
@@ -77,7 +97,10 @@ export class Controller {
   #watchers: Watcher[] = [];
   #stopped = false;
   #wake: (() => void) | undefined;
-  #dirty = true;
+  /** Reconcile every appliance (a profile or an appliance changed, or a listing). */
+  #dirtyAll = true;
+  /** Reconcile these appliances (their desired configuration, presence or status changed). */
+  #dirtyIds = new Set<string>();
   #relist = true;
   /** Bad documents already reported (key → message), so each is said once. */
   #reported = new Map<string, string>();
@@ -121,12 +144,9 @@ export class Controller {
           }
           const rev = await this.#list();
           await this.#watch(rev);
-          this.#dirty = true;
+          this.#dirtyAll = true;
         }
-        if (this.#dirty) {
-          this.#dirty = false;
-          await this.#reconcile();
-        }
+        if (this.#dirty) await this.#reconcile();
         retry = RETRY_MS;
         if (!this.#dirty && !this.#relist && !this.#stopped) await new Promise<void>((r) => (this.#wake = r));
         this.#wake = undefined;
@@ -145,13 +165,28 @@ export class Controller {
   /** Clients made by `connect` are closed by stop(); a given client is the caller's. */
   readonly #ownsClient: boolean;
 
-  #poke(relist = false): void {
+  get #dirty(): boolean {
+    return this.#dirtyAll || this.#dirtyIds.size > 0;
+  }
+
+  /** Something changed: list again, reconcile one appliance, or (no ID) every appliance. */
+  #poke(relist = false, id?: string): void {
     if (relist) {
       this.#relist = true;
       this.#renew = true;
     }
-    this.#dirty = true;
+    if (id === undefined) this.#dirtyAll = true;
+    else this.#dirtyIds.add(id);
     this.#wake?.();
+  }
+
+  /** Which appliances an event under `dir` concerns: one (by ID) or all. */
+  #pokeFor(dir: string, key: string): void {
+    const perAppliance = dir === this.#k.desiredAll || dir === this.#k.presenceAll || dir === this.#k.statusAll;
+    const id = perAppliance ? this.#k.leaf(dir, key) : undefined;
+    if (perAppliance && id === undefined) return;
+    if (dir === this.#k.clustersAll) return this.#poke(false, ''); // only the cluster pass
+    this.#poke(false, id);
   }
 
   #parse<T>(kv: IKeyValue, parse: (key: string, text: Buffer) => T): T | undefined {
@@ -206,13 +241,13 @@ export class Controller {
       const dir = this.#dirOf(kv.key.toString());
       if (!dir) return;
       this.#onPut(dir, kv);
-      this.#poke();
+      this.#pokeFor(dir, kv.key.toString());
     });
     w.on('delete', (kv) => {
       const dir = this.#dirOf(kv.key.toString());
       if (!dir) return;
       this.#onDelete(dir, kv);
-      this.#poke();
+      this.#pokeFor(dir, kv.key.toString());
     });
     // a compacted start revision, a cancelled watch: list again from scratch, on a fresh client
     w.on('error', (err) => {
@@ -297,25 +332,80 @@ export class Controller {
     return this.#desired.get(id)?.modRevision ?? this.#badDesired.get(id) ?? '0';
   }
 
-  /** Write desired/ID if nobody changed it since we read it; with log entries. False: lost the race. */
-  async #publish(id: string, doc: DesiredDoc, entries: LogEntry[]): Promise<boolean> {
+  /**
+   * Several appliances' writes in one transaction that compares each
+   * desired/ID's mod revision; if any lost a race, each is tried on its own.
+   */
+  async #publishBatch(batch: readonly Write[]): Promise<void> {
+    if (batch.length === 1) return void (await this.#write(batch[0]!));
+    const now = new Date();
+    const [first, ...rest] = batch;
+    let txn = this.#c.if(this.#k.desired(first!.id), 'Mod', '==', first!.expect);
+    for (const w of rest) txn = txn.and(this.#k.desired(w.id), 'Mod', '==', w.expect);
+    const ops = batch.flatMap((w) => [
+      this.#c.put(this.#k.desired(w.id)).value(encode(w.doc)),
+      ...w.entries.map((e) => this.#c.put(`${this.#k.log(w.id)}${logSeq(now)}`).value(encode(e))),
+    ]);
+    const res = await txn.then(...ops).commit();
+    if (!res.succeeded) {
+      for (const w of batch) await this.#write(w);
+      return;
+    }
+    for (const w of batch) await this.#written(w, String(res.header.revision));
+  }
+
+  async #write(w: Write): Promise<boolean> {
+    const ok = await this.#publish(w.id, w.expect, w.doc, w.entries);
+    if (ok && w.line) this.#info(`connrate fleet controller: ${w.id}: ${w.line}`);
+    return ok;
+  }
+
+  /** Remember what we wrote, unless the watch already brought something newer. */
+  #cacheDesired(id: string, doc: DesiredDoc, revision: string): void {
+    const known = this.#desired.get(id);
+    if (known && BigInt(known.modRevision) > BigInt(revision)) return;
+    this.#desired.set(id, { doc, modRevision: revision });
+    this.#badDesired.delete(id);
+  }
+
+  async #written(w: Write, revision: string): Promise<void> {
+    this.#cacheDesired(w.id, w.doc, revision);
+    if (w.line) this.#info(`connrate fleet controller: ${w.id}: ${w.line}`);
+    if (w.entries.length) await this.#maybeTrim(this.#k.log(w.id), w.entries.length);
+  }
+
+  /** Write desired/ID if it is still at the revision the plan was made from; with log entries. False: lost the race. */
+  async #publish(id: string, expect: string, doc: DesiredDoc, entries: LogEntry[]): Promise<boolean> {
     const key = this.#k.desired(id);
     const now = new Date();
     const res = await this.#c
-      .if(key, 'Mod', '==', this.#desiredRevision(id))
+      .if(key, 'Mod', '==', expect)
       .then(
         this.#c.put(key).value(encode(doc)),
         ...entries.map((e) => this.#c.put(`${this.#k.log(id)}${logSeq(now)}`).value(encode(e))),
       )
       .commit();
     if (!res.succeeded) {
-      this.#dirty = true; // the watch brings the newer document; reconcile again then
+      this.#dirtyIds.add(id); // the watch brings the newer document; reconcile again then
       return false;
     }
-    this.#desired.set(id, { doc, modRevision: String(res.header.revision) });
-    this.#badDesired.delete(id);
-    if (entries.length) await trimLog(this.#c, this.#k.log(id), this.#keep);
+    this.#cacheDesired(id, doc, String(res.header.revision));
+    if (entries.length) await this.#maybeTrim(this.#k.log(id), entries.length);
     return true;
+  }
+
+  /** Log entries appended per log since this controller last trimmed it. */
+  #appended = new Map<string, number>();
+
+  /** Trim a log at its first append and then every LOG_SLACK appends (not a count per publication). */
+  async #maybeTrim(dir: string, added: number): Promise<void> {
+    const since = this.#appended.get(dir);
+    if (since !== undefined && since + added < LOG_SLACK) {
+      this.#appended.set(dir, since + added);
+      return;
+    }
+    this.#appended.set(dir, 0);
+    await trimLog(this.#c, dir, this.#keep);
   }
 
   #entry(id: string, status: LogEntry['status'], generation: number, info: string, direction: LogEntry['direction'] = 'out'): LogEntry {
@@ -339,43 +429,49 @@ export class Controller {
 
   async #reconcile(): Promise<void> {
     const all = [...this.#appliances.values()];
-    // appliances are independent: a bounded number of transactions in flight
+    const ids = this.#dirtyIds;
+    const todo = this.#dirtyAll ? all : all.filter((a) => ids.has(a.id));
+    this.#dirtyAll = false;
+    this.#dirtyIds = new Set();
+    const writes = todo.map((a) => this.#plan(a, all)).filter((w): w is Write => w !== undefined);
+    // appliances are independent: BATCH of them per transaction, a bounded number of transactions in flight
+    const batches: Write[][] = [];
+    for (let i = 0; i < writes.length; i += BATCH) batches.push(writes.slice(i, i + BATCH));
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < all.length && !this.#stopped) await this.#reconcileAppliance(all[next++]!, all);
+      while (next < batches.length && !this.#stopped) await this.#publishBatch(batches[next++]!);
     };
-    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, all.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, batches.length) }, worker));
     if (!this.#stopped) await this.#reconcileClusters(all);
   }
 
-  async #reconcileAppliance(a: ApplianceDoc, all: readonly ApplianceDoc[]): Promise<void> {
+  /** What appliance `a` needs written, if anything. */
+  #plan(a: ApplianceDoc, all: readonly ApplianceDoc[]): Write | undefined {
     const r = resolveFor(a, all, this.#profiles.values());
+    const expect = this.#desiredRevision(a.id);
     const cur = this.#desired.get(a.id)?.doc;
     const confirmed = this.#status.get(a.id)?.confirmedGeneration ?? 0;
     const time = new Date().toISOString();
     if (r.conflicts.length) {
       const conflict = r.conflicts.join('; ');
-      if (cur?.conflict === conflict) return;
+      if (cur?.conflict === conflict) return undefined;
       const gen = cur?.generation ?? 0;
       const doc: DesiredDoc = cur
         ? { ...cur, conflict }
         : { id: a.id, generation: 0, values: {}, profiles: r.profiles, cluster: a.cluster, time, delivery: 'pending', conflict };
       const info = `${conflict}; ${gen ? `generation ${gen} stays in force` : 'nothing published'}`;
-      if (await this.#publish(a.id, doc, [this.#entry(a.id, 'error', gen, info)])) this.#info(`connrate fleet controller: ${a.id}: ${info}`);
-      return;
+      return { id: a.id, expect, doc, entries: [this.#entry(a.id, 'error', gen, info)], line: info };
     }
     if (!cur || fingerprint(cur.values) !== fingerprint(r.values) || (cur.generation === 0 && Object.keys(r.values).length > 0)) {
-      if (!cur && Object.keys(r.values).length === 0 && r.profiles.length === 0) return; // nothing to publish yet
+      if (!cur && Object.keys(r.values).length === 0 && r.profiles.length === 0) return undefined; // nothing to publish yet
       const generation = (cur?.generation ?? 0) + 1;
       const delivery = this.#delivery(a.id);
       const doc: DesiredDoc = { id: a.id, generation, values: r.values, profiles: r.profiles, cluster: a.cluster, time, delivery, conflict: null };
       const info = this.#deliveryInfo(delivery, generation, r.profiles);
-      if (await this.#publish(a.id, doc, [this.#entry(a.id, delivery, generation, info)])) this.#info(`connrate fleet controller: ${a.id}: ${info}`);
-      return;
+      return { id: a.id, expect, doc, entries: [this.#entry(a.id, delivery, generation, info)], line: info };
     }
     if (cur.conflict !== null || cur.cluster !== a.cluster) {
-      await this.#publish(a.id, { ...cur, conflict: null, cluster: a.cluster }, []);
-      return;
+      return { id: a.id, expect, doc: { ...cur, conflict: null, cluster: a.cluster }, entries: [] };
     }
     // presence changes for a generation not confirmed yet
     if (cur.generation > confirmed && cur.generation > 0) {
@@ -384,12 +480,13 @@ export class Controller {
         // an appliance that already reported on this generation needs no `sent` row after its own
         const reported = (this.#status.get(a.id)?.observedGeneration ?? 0) >= cur.generation;
         const info = `generation ${cur.generation} sent: the appliance is back online`;
-        await this.#publish(a.id, { ...cur, delivery: 'sent' }, reported ? [] : [this.#entry(a.id, 'sent', cur.generation, info)]);
+        return { id: a.id, expect, doc: { ...cur, delivery: 'sent' }, entries: reported ? [] : [this.#entry(a.id, 'sent', cur.generation, info)] };
       } else if (!online && cur.delivery === 'sent') {
         const info = `generation ${cur.generation} not confirmed: the appliance's presence lease expired`;
-        await this.#publish(a.id, { ...cur, delivery: 'offline' }, [this.#entry(a.id, 'offline', cur.generation, info)]);
+        return { id: a.id, expect, doc: { ...cur, delivery: 'offline' }, entries: [this.#entry(a.id, 'offline', cur.generation, info)] };
       }
     }
+    return undefined;
   }
 
   async #reconcileClusters(all: readonly ApplianceDoc[]): Promise<void> {
@@ -418,9 +515,9 @@ export class Controller {
         this.#clusters.set(id, { doc, modRevision: String(res.header.revision) });
         if (newlyConfirmed) {
           this.#info(`connrate fleet controller: cluster ${id}: confirmed by every member (${gens})`);
-          await trimLog(this.#c, this.#k.clusterLog(id), this.#keep);
+          await this.#maybeTrim(this.#k.clusterLog(id), 1);
         }
-      } else this.#dirty = true;
+      } else this.#dirtyIds.add('');
     }
   }
 }

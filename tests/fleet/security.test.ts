@@ -49,6 +49,10 @@ describe('appliance users (auth on)', () => {
     await denied(lease.put(`${PREFIX}presence/sec-b`).value('{}'));
     await denied(asA.put(`${PREFIX}status/sec-b`).value('{}'));
     await denied(asA.put(`${PREFIX}log/sec-b/0000000000000-00000000`).value('{}'));
+    // trimming its own log is one range delete inside its prefix; B's is out of reach
+    const { Range } = await import('etcd3');
+    await asA.delete().range(new Range(`${PREFIX}log/sec-a/`, `${PREFIX}log/sec-a/0000000000000-00000000\0`)).exec();
+    await denied(asA.delete().range(new Range(`${PREFIX}log/sec-b/`, `${PREFIX}log/sec-b/0000000000000-00000000\0`)).exec());
     await denied(asA.put(`${PREFIX}desired/sec-a`).value('{}'));
     await denied(asA.put(`${PREFIX}profiles/mine`).value('{}'));
     await denied(asA.put(`${PREFIX}appliances/sec-a`).value('{}'));
