@@ -37,6 +37,9 @@ export interface SimStats {
   /** Start-ups (presence, list, watch) that failed and were retried, as the agent retries. */
   startRetries: number;
   lastStartError?: string;
+  /** Reports (received, confirmed) that failed and were retried, as the agent retries. */
+  handleRetries: number;
+  lastHandleError?: string;
 }
 
 /** `delivered`: the appliance's watch brought the desired document; `confirmed`: its confirmed status is written. */
@@ -106,9 +109,16 @@ class SimAppliance {
     if (!kv) return;
     this.#latest = parseDesired(kv.key.toString(), kv.value);
     this.onConfirmed('delivered', this.id, this.#latest, performance.now());
-    // one generation at a time, the newest when the previous one is done (as the agent)
+    this.#kick(REGISTER_RETRY_MS);
+  }
+
+  /** One generation at a time, the newest when the previous one is done; on a failure, again after a delay (as the agent). */
+  #kick(delay: number): void {
     this.#busy = this.#busy.then(() => this.#handle()).catch((e: unknown) => {
-      process.stderr.write(`simulated ${this.id}: ${(e as Error).message}\n`);
+      if (this.#stopped) return;
+      this.stats.handleRetries++;
+      this.stats.lastHandleError = (e as Error).message;
+      setTimeout(() => this.#kick(Math.min(delay * 2, MAX_RETRY_MS)), delay);
     });
   }
 
@@ -151,7 +161,7 @@ export class SimFleet {
   readonly keys = new Keys();
   readonly ids: string[];
   readonly leaseTtlSeconds = DEFAULT_LEASE_TTL_SEC;
-  readonly stats: SimStats = { leasesLost: 0, startRetries: 0 };
+  readonly stats: SimStats = { leasesLost: 0, startRetries: 0, handleRetries: 0 };
   #clients: Etcd3[] = [];
   #sims: SimAppliance[] = [];
   #waiters: { what: 'delivered' | 'confirmed'; values: Record<string, string>; left: Set<string>; resolve(t: number): void }[] = [];

@@ -121,6 +121,9 @@ interface ScaleResult {
   /** Simulated appliances' start-ups that failed and were retried (as the agent retries). */
   startRetries: number;
   lastStartError?: string;
+  /** Simulated appliances' reports that failed and were retried (as the agent retries). */
+  handleRetries: number;
+  lastHandleError?: string;
 }
 
 async function scale(n: number, rounds: number, connections: number): Promise<ScaleResult> {
@@ -178,7 +181,7 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
         deliveredFromWrite.push(tDelivered - tWrite);
         cliMs.push(tWrite - t0);
       }
-      process.stdout.write(` ${r === 0 ? 'warm-up' : `#${r}`} ${Math.round(tEnd - t0)} ms`);
+      process.stdout.write(` ${r === 0 ? 'warm-up' : `#${r}`} ${Math.round(tEnd - t0)} ms${sims.stats.handleRetries ? ` (${sims.stats.handleRetries} retries so far)` : ''}`);
       if (r === 0) req0 = await etcdRequests(url);
     }
     const ctlCpuPerRound = (cpuSeconds(controller.pid!) - ctlCpu0) / (rounds + 1);
@@ -228,6 +231,8 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
       leasesLost: sims.stats.leasesLost,
       startRetries: sims.stats.startRetries,
       ...(sims.stats.lastStartError ? { lastStartError: sims.stats.lastStartError } : {}),
+      handleRetries: sims.stats.handleRetries,
+      ...(sims.stats.lastHandleError ? { lastHandleError: sims.stats.lastHandleError } : {}),
     };
   } catch (e) {
     process.stderr.write(`\n  ${n} appliances: ${(e as Error).message}\n`);
