@@ -148,6 +148,11 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
     controller = spawn(process.execPath, [...prof, BIN, 'fleet', 'controller'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     controller.stdout!.on('data', (d: Buffer) => void (controllerLog = (controllerLog + d.toString()).slice(-4000)));
     controller.stderr!.on('data', (d: Buffer) => void (controllerLog = (controllerLog + d.toString()).slice(-4000)));
+    // ended with this process whatever happens (a signal ends the benchmark through process.exit)
+    const ctl = controller;
+    const killController = (): void => void ctl.kill('SIGKILL');
+    process.once('exit', killController);
+    controller.once('exit', () => process.off('exit', killController));
     controller.once('exit', (code, sig) => {
       if (!stopping) process.stderr.write(`\ncontroller exited (${code ?? sig}):\n${controllerLog}\n`);
     });
@@ -251,6 +256,9 @@ async function scale(n: number, rounds: number, connections: number): Promise<Sc
     await etcd.destroy();
   }
 }
+
+// Ctrl-C / SIGTERM: exit through process.exit so the exit hooks end the controller and etcd.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(sig === 'SIGINT' ? 130 : 143));
 
 async function main(): Promise<void> {
   const sizes = argv.appliances!.split(',').map(Number);

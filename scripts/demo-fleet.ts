@@ -65,7 +65,7 @@ async function main(): Promise<void> {
       for (const tb of beds) await tb.destroy();
       await etcd?.destroy();
     })());
-  process.once('SIGINT', () => void stop().then(() => process.exit(130)));
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => void stop().then(() => process.exit(sig === 'SIGINT' ? 130 : 143)));
 
   try {
     step('a local etcd: Debian etcd-server, one member on loopback (free port) and a unix socket, temporary data dir, authentication on');
