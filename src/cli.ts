@@ -17,7 +17,16 @@ import type { PortRow } from './control/metrics.js';
 import { DEFAULT_METRICS, DEFAULT_TOP_PORTS, parseListen } from './control/listen.js';
 import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
+<<<<<<< HEAD
 import { version } from './version.js';
+=======
+import { Agent, DEFAULT_LEASE_TTL_SEC } from './fleet/agent.js';
+import { applianceSet, appliances, profileDelete, profileList, profileSet, publicationLog } from './fleet/commands.js';
+import { Controller } from './fleet/controller.js';
+import { connect, etcdFailure, etcdSettings } from './fleet/etcd.js';
+import { Keys, isName } from './fleet/keys.js';
+import type { Etcd3 } from 'etcd3';
+>>>>>>> fleetx
 
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
 /** Smallest map a daemon accepts: below this an LRU map evicts constantly. */
@@ -132,7 +141,149 @@ function statsRates(prev: Stats, prevPorts: readonly PortRow[], cur: Stats, curP
   return r;
 }
 
+<<<<<<< HEAD
 const VARIABLE_LIST = VARIABLES.map((v) => `  ${v.name.padEnd(36)} ${v.help} (default ${v.default})`).join('\n');
+=======
+const err = (s: string): void => void process.stderr.write(`connrate: ${s}\n`);
+/** An ISO time as the fleet tables print it: 2026-01-31 12:00:00.000 (UTC). */
+const tableTime = (iso: string): string => iso.replace('T', ' ').replace('Z', '');
+
+/** Run `fn` with an etcd client from the environment; etcd failures become exit 1. */
+async function withEtcd<T>(op: string, fn: (c: Etcd3, k: Keys) => Promise<T>): Promise<T> {
+  const k = new Keys();
+  const c = connect();
+  try {
+    return await fn(c, k);
+  } catch (e) {
+    throw etcdFailure(op, e);
+  } finally {
+    c.close();
+  }
+}
+
+function collect(v: string, acc: string[] = []): string[] {
+  return [...acc, v];
+}
+
+function fleetCommands(program: Command): void {
+  const fleet = program
+    .command('fleet')
+    .description('profiles for many appliances, on etcd')
+    .addHelpText('after', `
+Environment:
+  CONNRATE_ETCD          etcd endpoints, comma-separated (default http://127.0.0.1:2379; https://… for TLS, unix:///path)
+  CONNRATE_ETCD_CA, CONNRATE_ETCD_CERT, CONNRATE_ETCD_KEY   TLS files (PEM)
+  CONNRATE_ETCD_USER, CONNRATE_ETCD_PASSWORD                 etcd user
+  CONNRATE_ETCD_PREFIX   key prefix (default /connrate/; one per tenant)`);
+  const profile = fleet.command('profile').description('rate-limit profiles');
+  profile
+    .command('set')
+    .description('create or update a profile: options given replace, values merge (VARIABLE= removes one)')
+    .argument('<name>', 'profile name')
+    .argument('[assignments...]', 'VARIABLE=VALUE, e.g. CONNECTION_RATE_LIMIT_TCP=20 "CONNECTION_RATE_LIMIT_TCP_PORTS=[ 443 ]"')
+    .option('--priority <n>', 'higher wins (default 5)', (v: string): number => {
+      if (!/^-?\d+$/.test(v) || Math.abs(Number(v)) > 1_000_000) throw new InvalidArgumentError('--priority must be an integer from -1000000 to 1000000');
+      return Number(v);
+    })
+    .option('--tag <tag>', 'apply to appliances with this tag (repeatable; "all" is every appliance)', collect)
+    .option('--appliance <id>', 'apply to this appliance (repeatable)', collect)
+    .option('--comment <text>', 'a comment')
+    .action(async (name: string, assignments: string[], o: { priority?: number; tag?: string[]; appliance?: string[]; comment?: string }) => {
+      const r = await withEtcd('fleet profile set', (c, k) =>
+        profileSet(c, k, name, { assignments, ...(o.priority !== undefined ? { priority: o.priority } : {}), ...(o.tag ? { tags: o.tag } : {}), ...(o.appliance ? { appliances: o.appliance } : {}), ...(o.comment !== undefined ? { comment: o.comment } : {}) }));
+      const p = r.profile;
+      out(`profile ${p.name} ${r.created ? 'created' : 'updated'}: priority ${p.priority}; tags ${p.tags.join(', ') || '-'}; appliances ${p.appliances.join(', ') || '-'}`);
+      for (const [n, v] of Object.entries(p.values)) out(`  ${n} = ${v}`);
+    });
+  profile
+    .command('delete')
+    .description('delete a profile')
+    .argument('<name>', 'profile name')
+    .action(async (name: string) => {
+      await withEtcd('fleet profile delete', (c, k) => profileDelete(c, k, name));
+      out(`profile ${name} deleted`);
+    });
+  profile
+    .command('list')
+    .description('every profile, highest priority first')
+    .option('--json', 'JSON output')
+    .action(async (o: { json?: boolean }) => {
+      const ps = await withEtcd('fleet profile list', (c, k) => profileList(c, k, err));
+      if (o.json) return out(json(ps));
+      if (ps.length === 0) return out('no profile');
+      out(table([{ header: 'profile' }, { header: 'priority', align: 'right' }, { header: 'tags' }, { header: 'appliances' }, { header: 'values' }, { header: 'comment' }],
+        ps.map((p) => [p.name, String(p.priority), p.tags.join(',') || '-', p.appliances.join(',') || '-', Object.entries(p.values).map(([n, v]) => `${n}=${v}`).join(' ') || '-', p.comment])));
+    });
+
+  fleet
+    .command('appliance')
+    .description('appliances')
+    .command('set')
+    .description('create or update an appliance, and its etcd user and role (prints the password once)')
+    .argument('<id>', 'appliance ID')
+    .option('--tag <tag>', 'tag (repeatable; replaces the tags; every appliance also has "all")', collect)
+    .option('--cluster <id>', 'HA cluster ID ("" for none)')
+    .option('--new-password', 'give an existing etcd user a new password')
+    .action(async (id: string, o: { tag?: string[]; cluster?: string; newPassword?: boolean }) => {
+      const r = await withEtcd('fleet appliance set', (c, k) => applianceSet(c, k, id, { ...(o.tag ? { tags: o.tag } : {}), ...(o.cluster !== undefined ? { cluster: o.cluster } : {}), newPassword: !!o.newPassword }));
+      const a = r.appliance;
+      out(`appliance ${a.id}: tags ${['all', ...a.tags].join(', ')}; cluster ${a.cluster ?? '-'}`);
+      const cr = r.credentials;
+      if (cr.etcdctl) {
+        out(`this etcd user may not manage users: as an etcd root user, run`);
+        for (const l of cr.etcdctl) out(`  ${l}`);
+      } else out(`etcd user ${cr.user}, role ${cr.role}: reads its desired configuration, writes its presence, status and log`);
+      if (cr.password) {
+        out(`give the appliance (connrate run --fleet ${a.id}):`);
+        out(`  CONNRATE_ETCD_USER=${cr.user}`);
+        out(`  CONNRATE_ETCD_PASSWORD=${cr.password}`);
+      } else out(`the user exists; its password is unchanged (--new-password makes a new one)`);
+    });
+
+  fleet
+    .command('appliances')
+    .description('every appliance: tags, cluster, online, desired and confirmed generation, last seen')
+    .option('--json', 'JSON output')
+    .action(async (o: { json?: boolean }) => {
+      const rows = await withEtcd('fleet appliances', (c, k) => appliances(c, k, err));
+      if (o.json) return out(json(rows));
+      if (rows.length === 0) return out('no appliance');
+      out(table([{ header: 'appliance' }, { header: 'tags' }, { header: 'cluster' }, { header: 'online' }, { header: 'desired', align: 'right' }, { header: 'confirmed', align: 'right' }, { header: 'last seen' }],
+        rows.map((r) => [r.id, r.tags.join(','), r.cluster ?? '-', r.online ? 'yes' : 'no', String(r.desiredGeneration), String(r.confirmedGeneration), r.online ? 'now' : r.lastSeen ? tableTime(r.lastSeen) : 'never'])));
+    });
+
+  fleet
+    .command('status')
+    .description('the publication log, newest first')
+    .option('--appliance <id>', 'only this appliance (and its cluster)')
+    .option('--profile <name>', 'only the appliances this profile applies to')
+    .option('--json', 'JSON output')
+    .action(async (o: { appliance?: string; profile?: string; json?: boolean }) => {
+      const rows = await withEtcd('fleet status', (c, k) => publicationLog(c, k, { ...(o.appliance !== undefined ? { appliance: o.appliance } : {}), ...(o.profile !== undefined ? { profile: o.profile } : {}) }, err));
+      if (o.json) return out(json(rows));
+      if (rows.length === 0) return out('no publication yet');
+      out(table([{ header: 'time' }, { header: 'type' }, { header: 'appliance' }, { header: 'direction' }, { header: 'status' }, { header: 'generation', align: 'right' }, { header: 'info' }],
+        rows.map((r) => [tableTime(r.time), r.type, r.appliance, r.direction, r.status, String(r.generation), r.info])));
+    });
+
+  fleet
+    .command('controller')
+    .description('the fleet controller, in the foreground: publishes each appliance\'s configuration')
+    .action(async () => {
+      const k = new Keys();
+      const settings = etcdSettings(); // a bad CONNRATE_ETCD* is refused before anything starts
+      const ctl = new Controller({ connect: () => connect(settings), keys: k, info: out });
+      out(`connrate fleet controller: watching ${k.prefix} on ${process.env.CONNRATE_ETCD || 'http://127.0.0.1:2379'}`);
+      const stop = (sig: string): void => {
+        out(`connrate fleet controller: ${sig}: stopping`);
+        void ctl.stop().then(() => process.exit(EXIT.OK));
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      await ctl.run();
+    });
+}
+>>>>>>> fleetx
 
 export function buildProgram(): Command {
   const program = new Command('connrate')
@@ -159,6 +310,7 @@ and the native addon @xdp-ts/loader.
 
 Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 no datapath running.`)
     .exitOverride()
+<<<<<<< HEAD
     .showHelpAfterError(false);
 
   // Commands that reach the datapath, checked for capabilities before anything else; `run` also loads the program.
@@ -178,6 +330,18 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
     datapathCommands.set(cmd, need);
     return cmd;
   };
+=======
+    .showHelpAfterError(false)
+    .hook('preAction', (_cmd, action) => {
+      // every command but the fleet's (which only talk to etcd) reads the root-only store or the pinned datapath
+      let fleetCmd = false;
+      for (let c: Command | null = action; c; c = c.parent) if (c.name() === 'fleet') fleetCmd = true;
+      if (!fleetCmd && process.getuid?.() !== 0) {
+        throw new ConnrateError(action.name(), 'EPERM', 'needs root (the store is root-only; BPF and XDP need CAP_BPF and CAP_NET_ADMIN): run it as root', EXIT.FAILURE);
+      }
+    });
+  const pins = (): PinDir => new PinDir();
+>>>>>>> fleetx
   const store = (): Store => new Store();
 
   const extc = program
@@ -375,9 +539,120 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
     .addArgument(new Argument('<shell>', 'the shell').choices(['bash']))
     .addHelpText('after', '\nInstall: connrate completion bash > /etc/bash_completion.d/connrate (or source it from ~/.bashrc)')
     .action(() => {
+<<<<<<< HEAD
       out(bashCompletion(program));
+=======
+      const r = updateRule(pins(), store());
+      if (r.changes.length === 0) out(`no change; configuration generation ${r.generation} in force`);
+      for (const c of r.changes) out(`${c.name}: ${c.from || '(none)'} -> ${c.to}`);
+      if (r.changes.length) out(`applied: configuration generation ${r.generation} in force (${r.ms.toFixed(1)} ms)`);
     });
 
+  program
+    .command('run')
+    .description('the daemon: attach, keep addresses and routes in sync, log limits, serve metrics')
+    .addOption(new Option('--interface <if>', 'attach to this interface (repeatable); default: every interface with a default route').argParser((v: string, acc: string[] = []) => [...acc, v]))
+    .addOption(new Option('--xdp-mode <mode>', 'XDP mode').choices(['auto', 'native', 'generic']).default('auto'))
+    .option('--metrics <host:port|off>', 'Prometheus endpoint (GET /metrics)', DEFAULT_METRICS)
+    .option('--buckets <n>', 'capacity of the bucket map, set when the datapath is created (default 262144; see "Sizing" in the README)', positiveInt('--buckets', MIN_MAP_ENTRIES))
+    .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES))
+    .option('--fleet <id>', 'also be this appliance\'s fleet agent: apply what the fleet controller publishes (CONNRATE_ETCD…)')
+    .option('--fleet-lease-ttl <seconds>', `presence lease TTL of the fleet agent (default ${DEFAULT_LEASE_TTL_SEC})`, positiveInt('--fleet-lease-ttl'))
+    .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; buckets?: number; udpFlows?: number; fleet?: string; fleetLeaseTtl?: number }) => {
+      const listen = parseListen(o.metrics); // refuse a bad value before touching anything
+      if (o.fleet !== undefined && !isName(o.fleet)) throw new InvalidValueError('run', `--fleet: appliance ID ${JSON.stringify(o.fleet)} is not allowed; expected 1 to 63 letters, digits, ".", "_" or "-"`);
+      const fleetSettings = o.fleet !== undefined ? etcdSettings() : undefined; // a bad CONNRATE_ETCD* is refused before anything starts
+      const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
+      const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store(), sizes });
+      if (listen) {
+        try {
+          await d.serveMetrics(listen);
+        } catch (err) {
+          await d.stop();
+          throw err;
+        }
+      }
+      const agent = fleetSettings
+        ? new Agent({ id: o.fleet!, connect: () => connect(fleetSettings), keys: new Keys(), store: store(), pins: pins(), info: out, ...(o.fleetLeaseTtl ? { leaseTtlSec: o.fleetLeaseTtl } : {}) })
+        : undefined;
+      out(`connrate: running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}${agent ? `; fleet agent of appliance ${agent.id}` : ''}`);
+      const stop = (sig: string): void => {
+        out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
+        void (agent?.stop() ?? Promise.resolve())
+          .then(() => d.stop())
+          .then(() => process.exit(EXIT.OK));
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      await d.stopped;
+    });
+
+  program
+    .command('status')
+    .description('attached interfaces, XDP mode, configuration in force vs stored')
+    .option('--json', 'JSON output')
+    .action((o: { json?: boolean }) => {
+      const s = status(pins(), store());
+      if (o.json) return out(json(s));
+      out(`datapath: ${s.pinDir}, daemon ${s.daemonRunning ? 'running' : 'not running'}`);
+      out('');
+      out(table([{ header: 'interface' }, { header: 'xdp mode' }, { header: 'link', align: 'right' }, { header: 'program', align: 'right' }],
+        s.interfaces.map((i) => [i.ifname, i.mode ?? '?', String(i.linkId ?? ''), String(i.progId ?? '')])));
+      out('');
+      out(table([{ header: 'variable' }, { header: `in force (generation ${s.generation ?? '-'})` }, { header: `stored (${s.storedFrom})` }],
+        VARIABLES.map((v) => [v.name, s.inForce?.[v.name] ?? '-', `${s.stored[v.name] ?? ''}${s.pending.includes(v.name) ? '  (pending: system update rule)' : ''}`])));
+    });
+
+  program
+    .command('stats')
+    .description('counters: packets by outcome, new connections by port')
+    .option('--json', 'JSON output')
+    .option('--watch <seconds>', 'print again every N seconds, with per-second rates', positiveInt('--watch'))
+    .action(async (o: { json?: boolean; watch?: number }) => {
+      if (!o.watch) {
+        const s = stats(pins());
+        return o.json ? out(json(s)) : printStats(s);
+      }
+      const dp = Datapath.open('stats', pins());
+      let prev = readStats(dp);
+      for (;;) {
+        await new Promise((r) => setTimeout(r, o.watch! * 1000));
+        const cur = readStats(dp);
+        const rates = statsRates(prev, cur, o.watch);
+        if (o.json) out(json({ ...cur, rates }));
+        else {
+          out(`--- ${new Date().toISOString()}`);
+          printStats(cur, rates);
+        }
+        prev = cur;
+      }
+    });
+
+  program
+    .command('top')
+    .description('the sources most limited now')
+    .option('--limit <n>', 'rows', positiveInt('--limit'), 20)
+    .option('--json', 'JSON output')
+    .action((o: { limit: number; json?: boolean }) => {
+      const rows = top(pins(), o.limit);
+      if (o.json) return out(json(rows));
+      if (rows.length === 0) return out('no source has been limited');
+      out(table(
+        [{ header: 'source' }, { header: 'port', align: 'right' }, { header: 'proto' }, { header: 'drops', align: 'right' }, { header: 'last drop', align: 'right' }, { header: 'tokens', align: 'right' }],
+        rows.map((r) => [r.src, String(r.dport), r.proto, String(r.drops), `${r.lastDropAgoSec.toFixed(1)}s ago`, String(r.tokens)]),
+      ));
+    });
+
+  program
+    .command('detach')
+    .description('remove the program from every interface and unpin it (stops limiting)')
+    .action(() => {
+      const names = detach(pins());
+      out(`connrate: detached${names.length ? ` from ${names.join(', ')}` : ''}; pins removed`);
+>>>>>>> fleetx
+    });
+
+  fleetCommands(program);
   return program;
 }
 

@@ -154,6 +154,26 @@ export class Store {
     });
   }
 
+  /**
+   * Validate and store several values in one atomic write: every value is
+   * checked first; one refusal leaves the file byte-for-byte as it was.
+   */
+  setMany(app: string, values: Readonly<Record<string, string>>, op = 'extc value set'): Change[] {
+    checkApplication(op, app);
+    const canonical = Object.entries(values).map(([name, value]) => [name, canonicalValue(op, name, value)] as const);
+    try {
+      mkdirs(dirname(this.path), DIR_MODE);
+    } catch (err) {
+      throw new StoreError('store.write', this.path, `cannot create its directory: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO', { cause: err });
+    }
+    return withFileLock(this.#lockPath(), () => {
+      const current = this.read();
+      const changes = canonical.map(([name, to]) => ({ name, from: current[name] ?? '', to }));
+      if (changes.some((c) => c.from !== c.to) || !this.exists()) this.#write({ ...current, ...Object.fromEntries(canonical) });
+      return changes;
+    });
+  }
+
   #lockPath(): string {
     return join(dirname(this.path), `.${basename(this.path)}.lock`);
   }

@@ -37,8 +37,8 @@ export class Appliance {
   }
 
   /** Start `connrate run` in the appliance namespace; resolves once it is attached. */
-  async start(args: string[] = ['--metrics', 'off']): Promise<void> {
-    const child = this.tb.spawn(this.tb.app, [BIN, 'run', ...args]);
+  async start(args: string[] = ['--metrics', 'off'], env?: Record<string, string>): Promise<void> {
+    const child = this.tb.spawn(this.tb.app, [BIN, 'run', ...args], env ? { env } : {});
     this.#daemon = child;
     this.#log = '';
     const onData = (d: Buffer): void => void (this.#log += d.toString());

@@ -125,6 +125,21 @@ describe('store', () => {
     expect(readFileSync(store.path).equals(before)).toBe(true);
   });
 
+  it('stores several values in one write, or none of them when one is bad', () => {
+    store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', '20');
+    const before = readFileSync(store.path);
+    expect(() => store.setMany(APPLICATION, { CONNECTION_RATE_LIMIT_BURST: '3', CONNECTION_RATE_LIMIT_TCP_PORTS: '[ 70000 ]' })).toThrow(/CONNECTION_RATE_LIMIT_TCP_PORTS/);
+    expect(() => store.setMany(APPLICATION, { CONNECTION_RATE_LIMIT_BURST: '3', NOPE: '1' })).toThrow(/unknown variable/);
+    expect(readFileSync(store.path).equals(before)).toBe(true);
+    const changes = store.setMany(APPLICATION, { CONNECTION_RATE_LIMIT_BURST: '3', CONNECTION_RATE_LIMIT_TCP_PORTS: '[443 22]', CONNECTION_RATE_LIMIT_TCP: '20' });
+    expect(changes).toEqual([
+      { name: 'CONNECTION_RATE_LIMIT_BURST', from: '5', to: '3' },
+      { name: 'CONNECTION_RATE_LIMIT_TCP_PORTS', from: '[ ]', to: '[ 22 443 ]' },
+      { name: 'CONNECTION_RATE_LIMIT_TCP', from: '20', to: '20' },
+    ]);
+    expect(store.read()).toMatchObject({ CONNECTION_RATE_LIMIT_BURST: '3', CONNECTION_RATE_LIMIT_TCP_PORTS: '[ 22 443 ]', CONNECTION_RATE_LIMIT_TCP: '20' });
+  });
+
   it('refuses a corrupted or truncated file by name and never overwrites it', () => {
     store.set(APPLICATION, 'CONNECTION_RATE_LIMIT_TCP', '20');
     const full = readFileSync(store.path, 'utf8');
