@@ -17,16 +17,12 @@ import type { PortRow } from './control/metrics.js';
 import { DEFAULT_METRICS, DEFAULT_TOP_PORTS, parseListen } from './control/listen.js';
 import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
-<<<<<<< HEAD
 import { version } from './version.js';
-=======
-import { Agent, DEFAULT_LEASE_TTL_SEC } from './fleet/agent.js';
+import type { Etcd3 } from 'etcd3';
 import { applianceSet, appliances, profileDelete, profileList, profileSet, publicationLog } from './fleet/commands.js';
 import { Controller } from './fleet/controller.js';
-import { connect, etcdFailure, etcdSettings } from './fleet/etcd.js';
+import { connect, DEFAULT_LEASE_TTL_SEC, etcdFailure, etcdSettings } from './fleet/etcd.js';
 import { Keys, isName } from './fleet/keys.js';
-import type { Etcd3 } from 'etcd3';
->>>>>>> fleetx
 
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
 /** Smallest map a daemon accepts: below this an LRU map evicts constantly. */
@@ -141,9 +137,8 @@ function statsRates(prev: Stats, prevPorts: readonly PortRow[], cur: Stats, curP
   return r;
 }
 
-<<<<<<< HEAD
 const VARIABLE_LIST = VARIABLES.map((v) => `  ${v.name.padEnd(36)} ${v.help} (default ${v.default})`).join('\n');
-=======
+
 const err = (s: string): void => void process.stderr.write(`connrate: ${s}\n`);
 /** An ISO time as the fleet tables print it: 2026-01-31 12:00:00.000 (UTC). */
 const tableTime = (iso: string): string => iso.replace('T', ' ').replace('Z', '');
@@ -283,7 +278,6 @@ Environment:
       await ctl.run();
     });
 }
->>>>>>> fleetx
 
 export function buildProgram(): Command {
   const program = new Command('connrate')
@@ -310,7 +304,6 @@ and the native addon @xdp-ts/loader.
 
 Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 no datapath running.`)
     .exitOverride()
-<<<<<<< HEAD
     .showHelpAfterError(false);
 
   // Commands that reach the datapath, checked for capabilities before anything else; `run` also loads the program.
@@ -330,18 +323,6 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
     datapathCommands.set(cmd, need);
     return cmd;
   };
-=======
-    .showHelpAfterError(false)
-    .hook('preAction', (_cmd, action) => {
-      // every command but the fleet's (which only talk to etcd) reads the root-only store or the pinned datapath
-      let fleetCmd = false;
-      for (let c: Command | null = action; c; c = c.parent) if (c.name() === 'fleet') fleetCmd = true;
-      if (!fleetCmd && process.getuid?.() !== 0) {
-        throw new ConnrateError(action.name(), 'EPERM', 'needs root (the store is root-only; BPF and XDP need CAP_BPF and CAP_NET_ADMIN): run it as root', EXIT.FAILURE);
-      }
-    });
-  const pins = (): PinDir => new PinDir();
->>>>>>> fleetx
   const store = (): Store => new Store();
 
   const extc = program
@@ -423,10 +404,14 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
       .option('--metrics <host:port|off>', 'Prometheus endpoint (GET /metrics)', DEFAULT_METRICS)
       .option('--metrics-top-ports <n>', 'per-port metric series besides the configured ports: the N busiest others; the rest add up in port="other"', positiveInt('--metrics-top-ports', 0), DEFAULT_TOP_PORTS)
       .option('--buckets <n>', 'capacity of the bucket map, set when the datapath is created (default 262144; see "Sizing" in the README)', positiveInt('--buckets', MIN_MAP_ENTRIES))
-      .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES)),
+      .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES))
+      .option('--fleet <id>', 'also be this appliance\'s fleet agent: apply what the fleet controller publishes (CONNRATE_ETCD…)')
+      .option('--fleet-lease-ttl <seconds>', `presence lease TTL of the fleet agent (default ${DEFAULT_LEASE_TTL_SEC})`, positiveInt('--fleet-lease-ttl')),
     { load: true },
-  ).action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; metricsTopPorts: number; buckets?: number; udpFlows?: number }) => {
+  ).action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; metricsTopPorts: number; buckets?: number; udpFlows?: number; fleet?: string; fleetLeaseTtl?: number }) => {
     const listen = parseListen(o.metrics); // refuse a bad value before touching anything
+    if (o.fleet !== undefined && !isName(o.fleet)) throw new InvalidValueError('run', `--fleet: appliance ID ${JSON.stringify(o.fleet)} is not allowed; expected 1 to 63 letters, digits, ".", "_" or "-"`);
+    const fleetSettings = o.fleet !== undefined ? etcdSettings() : undefined; // a bad CONNRATE_ETCD* is refused before anything starts
     const m = await datapathModules('run');
     const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
     const d = m.Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: new m.PinDir(), store: store(), sizes });
@@ -438,12 +423,17 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
         throw err;
       }
     }
-    const running = `running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}`;
+    const agent = fleetSettings
+      ? new (await import('./fleet/agent.js')).Agent({ id: o.fleet!, connect: () => connect(fleetSettings), keys: new Keys(), store: store(), pins: new m.PinDir(), info: out, ...(o.fleetLeaseTtl ? { leaseTtlSec: o.fleetLeaseTtl } : {}) })
+      : undefined;
+    const running = `running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}${agent ? `; fleet agent of appliance ${agent.id}` : ''}`;
     out(`connrate: ${running}`);
     m.notifyReady(running, out);
     const stop = (sig: string): void => {
       out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
-      void d.stop().then(() => process.exit(EXIT.OK));
+      void (agent?.stop() ?? Promise.resolve())
+        .then(() => d.stop())
+        .then(() => process.exit(EXIT.OK));
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
@@ -539,117 +529,7 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
     .addArgument(new Argument('<shell>', 'the shell').choices(['bash']))
     .addHelpText('after', '\nInstall: connrate completion bash > /etc/bash_completion.d/connrate (or source it from ~/.bashrc)')
     .action(() => {
-<<<<<<< HEAD
       out(bashCompletion(program));
-=======
-      const r = updateRule(pins(), store());
-      if (r.changes.length === 0) out(`no change; configuration generation ${r.generation} in force`);
-      for (const c of r.changes) out(`${c.name}: ${c.from || '(none)'} -> ${c.to}`);
-      if (r.changes.length) out(`applied: configuration generation ${r.generation} in force (${r.ms.toFixed(1)} ms)`);
-    });
-
-  program
-    .command('run')
-    .description('the daemon: attach, keep addresses and routes in sync, log limits, serve metrics')
-    .addOption(new Option('--interface <if>', 'attach to this interface (repeatable); default: every interface with a default route').argParser((v: string, acc: string[] = []) => [...acc, v]))
-    .addOption(new Option('--xdp-mode <mode>', 'XDP mode').choices(['auto', 'native', 'generic']).default('auto'))
-    .option('--metrics <host:port|off>', 'Prometheus endpoint (GET /metrics)', DEFAULT_METRICS)
-    .option('--buckets <n>', 'capacity of the bucket map, set when the datapath is created (default 262144; see "Sizing" in the README)', positiveInt('--buckets', MIN_MAP_ENTRIES))
-    .option('--udp-flows <n>', 'capacity of the UDP flow map, set when the datapath is created (default 262144)', positiveInt('--udp-flows', MIN_MAP_ENTRIES))
-    .option('--fleet <id>', 'also be this appliance\'s fleet agent: apply what the fleet controller publishes (CONNRATE_ETCD…)')
-    .option('--fleet-lease-ttl <seconds>', `presence lease TTL of the fleet agent (default ${DEFAULT_LEASE_TTL_SEC})`, positiveInt('--fleet-lease-ttl'))
-    .action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; buckets?: number; udpFlows?: number; fleet?: string; fleetLeaseTtl?: number }) => {
-      const listen = parseListen(o.metrics); // refuse a bad value before touching anything
-      if (o.fleet !== undefined && !isName(o.fleet)) throw new InvalidValueError('run', `--fleet: appliance ID ${JSON.stringify(o.fleet)} is not allowed; expected 1 to 63 letters, digits, ".", "_" or "-"`);
-      const fleetSettings = o.fleet !== undefined ? etcdSettings() : undefined; // a bad CONNRATE_ETCD* is refused before anything starts
-      const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
-      const d = Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: pins(), store: store(), sizes });
-      if (listen) {
-        try {
-          await d.serveMetrics(listen);
-        } catch (err) {
-          await d.stop();
-          throw err;
-        }
-      }
-      const agent = fleetSettings
-        ? new Agent({ id: o.fleet!, connect: () => connect(fleetSettings), keys: new Keys(), store: store(), pins: pins(), info: out, ...(o.fleetLeaseTtl ? { leaseTtlSec: o.fleetLeaseTtl } : {}) })
-        : undefined;
-      out(`connrate: running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}${agent ? `; fleet agent of appliance ${agent.id}` : ''}`);
-      const stop = (sig: string): void => {
-        out(`connrate: ${sig}: stopping; the datapath stays attached and enforcing (connrate detach removes it)`);
-        void (agent?.stop() ?? Promise.resolve())
-          .then(() => d.stop())
-          .then(() => process.exit(EXIT.OK));
-      };
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
-      await d.stopped;
-    });
-
-  program
-    .command('status')
-    .description('attached interfaces, XDP mode, configuration in force vs stored')
-    .option('--json', 'JSON output')
-    .action((o: { json?: boolean }) => {
-      const s = status(pins(), store());
-      if (o.json) return out(json(s));
-      out(`datapath: ${s.pinDir}, daemon ${s.daemonRunning ? 'running' : 'not running'}`);
-      out('');
-      out(table([{ header: 'interface' }, { header: 'xdp mode' }, { header: 'link', align: 'right' }, { header: 'program', align: 'right' }],
-        s.interfaces.map((i) => [i.ifname, i.mode ?? '?', String(i.linkId ?? ''), String(i.progId ?? '')])));
-      out('');
-      out(table([{ header: 'variable' }, { header: `in force (generation ${s.generation ?? '-'})` }, { header: `stored (${s.storedFrom})` }],
-        VARIABLES.map((v) => [v.name, s.inForce?.[v.name] ?? '-', `${s.stored[v.name] ?? ''}${s.pending.includes(v.name) ? '  (pending: system update rule)' : ''}`])));
-    });
-
-  program
-    .command('stats')
-    .description('counters: packets by outcome, new connections by port')
-    .option('--json', 'JSON output')
-    .option('--watch <seconds>', 'print again every N seconds, with per-second rates', positiveInt('--watch'))
-    .action(async (o: { json?: boolean; watch?: number }) => {
-      if (!o.watch) {
-        const s = stats(pins());
-        return o.json ? out(json(s)) : printStats(s);
-      }
-      const dp = Datapath.open('stats', pins());
-      let prev = readStats(dp);
-      for (;;) {
-        await new Promise((r) => setTimeout(r, o.watch! * 1000));
-        const cur = readStats(dp);
-        const rates = statsRates(prev, cur, o.watch);
-        if (o.json) out(json({ ...cur, rates }));
-        else {
-          out(`--- ${new Date().toISOString()}`);
-          printStats(cur, rates);
-        }
-        prev = cur;
-      }
-    });
-
-  program
-    .command('top')
-    .description('the sources most limited now')
-    .option('--limit <n>', 'rows', positiveInt('--limit'), 20)
-    .option('--json', 'JSON output')
-    .action((o: { limit: number; json?: boolean }) => {
-      const rows = top(pins(), o.limit);
-      if (o.json) return out(json(rows));
-      if (rows.length === 0) return out('no source has been limited');
-      out(table(
-        [{ header: 'source' }, { header: 'port', align: 'right' }, { header: 'proto' }, { header: 'drops', align: 'right' }, { header: 'last drop', align: 'right' }, { header: 'tokens', align: 'right' }],
-        rows.map((r) => [r.src, String(r.dport), r.proto, String(r.drops), `${r.lastDropAgoSec.toFixed(1)}s ago`, String(r.tokens)]),
-      ));
-    });
-
-  program
-    .command('detach')
-    .description('remove the program from every interface and unpin it (stops limiting)')
-    .action(() => {
-      const names = detach(pins());
-      out(`connrate: detached${names.length ? ` from ${names.join(', ')}` : ''}; pins removed`);
->>>>>>> fleetx
     });
 
   fleetCommands(program);

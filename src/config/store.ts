@@ -130,28 +130,14 @@ export class Store {
     const op = 'extc value set';
     checkApplication(op, app);
     lookupVariable(op, name);
-    return this.#store(op, name, canonicalValue(op, name, value));
+    return this.#storeMany([[name, canonicalValue(op, name, value)]])[0]!;
   }
 
   /** Store a variable's fresh-install default. */
   reset(app: string, name: string): Change {
     const op = 'extc value reset';
     checkApplication(op, app);
-    return this.#store(op, name, lookupVariable(op, name).default);
-  }
-
-  #store(op: string, name: string, canonical: string): Change {
-    try {
-      mkdirs(dirname(this.path), DIR_MODE);
-    } catch (err) {
-      throw new StoreError('store.write', this.path, `cannot create its directory: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO', { cause: err });
-    }
-    return withFileLock(this.#lockPath(), () => {
-      const current = this.#read();
-      const from = current.values[name] ?? '';
-      if (from !== canonical || !this.exists()) this.#write({ ...current, values: { ...current.values, [name]: canonical } });
-      return { name, from, to: canonical };
-    });
+    return this.#storeMany([[name, lookupVariable(op, name).default]])[0]!;
   }
 
   /**
@@ -160,16 +146,20 @@ export class Store {
    */
   setMany(app: string, values: Readonly<Record<string, string>>, op = 'extc value set'): Change[] {
     checkApplication(op, app);
-    const canonical = Object.entries(values).map(([name, value]) => [name, canonicalValue(op, name, value)] as const);
+    return this.#storeMany(Object.entries(values).map(([name, value]) => [name, canonicalValue(op, name, value)] as const));
+  }
+
+  /** Store canonical values in one write (none if nothing changes), keeping what this version does not know. */
+  #storeMany(canonical: ReadonlyArray<readonly [string, string]>): Change[] {
     try {
       mkdirs(dirname(this.path), DIR_MODE);
     } catch (err) {
       throw new StoreError('store.write', this.path, `cannot create its directory: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO', { cause: err });
     }
     return withFileLock(this.#lockPath(), () => {
-      const current = this.read();
-      const changes = canonical.map(([name, to]) => ({ name, from: current[name] ?? '', to }));
-      if (changes.some((c) => c.from !== c.to) || !this.exists()) this.#write({ ...current, ...Object.fromEntries(canonical) });
+      const current = this.#read();
+      const changes = canonical.map(([name, to]) => ({ name, from: current.values[name] ?? '', to }));
+      if (changes.some((c) => c.from !== c.to) || !this.exists()) this.#write({ ...current, values: { ...current.values, ...Object.fromEntries(canonical) } });
       return changes;
     });
   }
