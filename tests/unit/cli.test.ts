@@ -180,11 +180,11 @@ describe('bash completion', () => {
   });
 
   it('completes commands, options, choices, keywords and variables from the command tree', () => {
-    expect(complete('connrate', '')).toEqual(['extc', 'system', 'run', 'status', 'stats', 'top', 'detach', 'completion']);
+    expect(complete('connrate', '')).toEqual(['extc', 'system', 'run', 'status', 'stats', 'top', 'detach', 'completion', 'fleet']);
     expect(complete('connrate', '-')).toEqual(['--version', '-V', '--help']);
     expect(complete('connrate', 'extc', 'value', '')).toEqual(['get', 'set', 'reset']);
     expect(complete('connrate', 'system', 'update', '')).toEqual(['rule']);
-    expect(complete('connrate', 'run', '--')).toEqual(['--interface', '--xdp-mode', '--metrics', '--metrics-top-ports', '--buckets', '--udp-flows', '--help']);
+    expect(complete('connrate', 'run', '--')).toEqual(['--interface', '--xdp-mode', '--metrics', '--metrics-top-ports', '--buckets', '--udp-flows', '--fleet', '--fleet-lease-ttl', '--help']);
     expect(complete('connrate', 'run', '--xdp-mode', '')).toEqual(['auto', 'native', 'generic']);
     expect(complete('connrate', 'extc', 'value', 'set', 'application', '')).toEqual(['securepoint_firewall']);
     expect(complete('connrate', 'extc', 'value', 'set', 'application', 'securepoint_firewall', '')).toEqual(['variable', 'value']);
