@@ -83,6 +83,15 @@ function register(registry: Registry, src: MetricsSource, stats: () => Stats): v
       for (const name of COUNTER_NAMES) this.inc({ result: name }, Number(c[name]));
     },
   });
+  new Counter({
+    name: 'connrate_bucket_fallback_total',
+    help: 'New connections whose (source, port, protocol) key could not be stored, judged by the shared fallback bucket of their protocol and port',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(Number(stats().counters.bucket_fallback));
+    },
+  });
   new Gauge({
     name: 'connrate_tracked_buckets',
     help: '(source, port, protocol) keys with a token bucket',
