@@ -37,9 +37,12 @@ const volatile __u8 cr_test_insert_fail = 0;
 #define FLOW_REFRESH_NS 1000000ULL /* refresh a UDP flow's last-seen at most once per ms */
 #define PORT_SLOT_NONE 0xffffffffU
 #define PORT_SLOT_GUARD (1U << 24) /* stop handing out port slots long before the counter wraps */
-#define FS_HALF (CR_FIRST_SEEN_SLOTS / CR_PROTO_COUNT)
+#define FS_HALF (CR_FIRST_SEEN_GROUPS / CR_PROTO_COUNT)
+#define FS_NONE 0xff
 #define FS_CLOCK_MASK (((__u64)1 << CR_FIRST_SEEN_CLOCK_BITS) - 1)
-#define DROP_CACHE_HASH_SHIFT 20 /* key_hash bits 20..31: apart from the first-seen index (0..18) */
+#define DROP_CACHE_HASH_SHIFT 20 /* key_hash bits 20..31: apart from the first-seen index (0..15) */
+#define HAS_BUCKET_HASH_SHIFT 32 /* key_hash bits 32..37: the key's has_bucket bit */
+#define HAS_BUCKET_BIT_MASK 63
 #define U32_BITS 32
 #define U32_MASK 0xffffffffULL
 #define HASH_K1 0x9e3779b97f4a7c15ULL
@@ -165,13 +168,13 @@ struct {
 	__type(value, struct cr_drop_cache);
 } drop_cache SEC(".maps");
 
-/* First-seen records: (fingerprint << 32) | (token clock >> unit shift, rounded
- * up), one slot per hash of the key, TCP in the first half, UDP in the second. */
+/* First-seen records (connrate.h): one group per hash of the key, TCP groups
+ * in the first half, UDP in the second. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, CR_FIRST_SEEN_SLOTS);
+	__uint(max_entries, CR_FIRST_SEEN_GROUPS);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct cr_first_seen);
 } first_seen SEC(".maps");
 
 /* GCRA tat of the shared bucket of each (protocol, port), for keys that could
@@ -683,10 +686,11 @@ static __always_inline int fallback_take(const struct cr_bucket_key *key, __u64 
 }
 
 /* The bucket path of a key that may take a token: CAS on its bucket, or store a
- * new bucket holding `tat` (the token taken), or the fallback. */
+ * new bucket holding `tat` (the token taken), or the fallback. `hb` and `bit`:
+ * the key's has_bucket bit, set before a bucket is stored. */
 static __always_inline int bucket_take(const struct cr_bucket_key *key, struct cr_bucket **bp,
 				       __u64 clock, __u64 limit, __u64 floor,
-				       struct cr_counters *cnt)
+				       __u64 *hb, __u64 bit, struct cr_counters *cnt)
 {
 	struct cr_bucket *b = *bp;
 
@@ -696,6 +700,8 @@ static __always_inline int bucket_take(const struct cr_bucket_key *key, struct c
 
 		if (tat - clock > limit)
 			return 0;
+		if (hb && !(READ_ONCE(*hb) & bit))
+			__sync_fetch_and_or(hb, bit);
 		err = bucket_insert(key, tat);
 		if (!err)
 			return 1;
@@ -711,18 +717,25 @@ static __always_inline int bucket_take(const struct cr_bucket_key *key, struct c
 /*
  * First-seen stage: a new key (no bucket) is admitted by writing one 64-bit
  * record — a fingerprint of the key and the token clock C1 (its low 40 bits,
- * exact) — into the key's slot with one compare-and-swap, instead of a bucket
- * insert (an LRU insert and an eviction). A key sending one packet never costs
- * more. The record stands for "this key took one token at C1"; it is void once
- * C has advanced one token past C1 (the key has that token back: a new key
- * again, exactly).
- *  - slot empty or void: claim it (CAS). One CPU wins; a CPU that loses judges
- *    what the winner wrote, so two CPUs never both see "new".
- *  - slot holds this key's fingerprint: its second packet within a token —
- *    the caller stores a bucket charged with the record's token (floor).
- *    Two keys with the same slot and fingerprint share that charge: stricter.
- *  - slot holds another key's live record: BUSY, the caller stores a bucket
- *    as for any new key (exact; nothing live is overwritten).
+ * exact) — into a free way of the key's group with one compare-and-swap,
+ * instead of a bucket insert (an LRU insert and an eviction). A key sending
+ * one packet never costs more. The record stands for "this key took one token
+ * at C1"; it is void once C has advanced one token past C1 (the key has that
+ * token back: a new key again, exactly). A group is one cache line of
+ * CR_FIRST_SEEN_WAYS records:
+ *  - a live record with this key's fingerprint: its second packet within a
+ *    token — the caller stores a bucket charged with that token (floor). Two
+ *    keys of one group with the same fingerprint share the charge: stricter.
+ *  - none, and a void or empty way: claim the first by CAS (a lost CAS scans
+ *    again). Then look once more for another live record of this key: two
+ *    CPUs that claimed two ways for one key at once both find the other's, or
+ *    at least the later one does (each CAS is a full barrier before its own
+ *    second look), and whoever finds one does not count as new — so two CPUs
+ *    never both see "new".
+ *  - none, and every way live with other keys: BUSY, the caller stores a
+ *    bucket as for any new key (exact; nothing live is overwritten). A group
+ *    fills when its keys' first tokens arrive faster than one per way per
+ *    token period.
  * C's low 40 bits wrap after 2^20 tokens; a record that old may look live
  * again, which only charges a token (stricter) or sends a key to the bucket
  * map (exact).
@@ -733,30 +746,68 @@ enum fs_result {
 	FS_BUSY,
 };
 
-static __always_inline int first_seen_claim(const struct cr_bucket_key *key, __u64 h, __u64 clock,
-					    __u64 *floor)
+/* Is record r live at `clock`, and the key's own? Sets *floor to C1 + 1 token. */
+static __always_inline int fs_own(__u64 r, __u64 fp, __u64 clock, __u64 *floor)
+{
+	__u64 age = (clock - r) & FS_CLOCK_MASK;
+
+	if (!r || age >= (__u64)CR_TOKEN || (r >> CR_FIRST_SEEN_CLOCK_BITS) != fp)
+		return 0;
+	if (clock - age + (__u64)CR_TOKEN > *floor)
+		*floor = clock - age + (__u64)CR_TOKEN;
+	return 1;
+}
+
+static __always_inline int fs_void(__u64 r, __u64 clock)
+{
+	return !r || ((clock - r) & FS_CLOCK_MASK) >= (__u64)CR_TOKEN;
+}
+
+/* The key's group of first-seen records. */
+static __always_inline struct cr_first_seen *first_seen_group(const struct cr_bucket_key *key, __u64 h)
 {
 	__u32 idx = ((__u32)h & (FS_HALF - 1)) + (key->proto & 1) * FS_HALF;
-	__u64 fp = (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
-	__u64 *slot = bpf_map_lookup_elem(&first_seen, &idx);
-	__u64 old, seen, age;
-	int i;
 
-	if (!slot)
+	return bpf_map_lookup_elem(&first_seen, &idx);
+}
+
+static __always_inline int first_seen_claim(struct cr_first_seen *g, __u64 h, __u64 clock,
+					    __u64 *floor)
+{
+	__u64 fp = (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
+	__u64 rec = (fp << CR_FIRST_SEEN_CLOCK_BITS) | (clock & FS_CLOCK_MASK);
+	__u32 i, way;
+	int attempt, own;
+	__u64 r, seen;
+
+	if (!g)
 		return FS_BUSY;
-	old = READ_ONCE(*slot);
-	for (i = 0; i < 2; i++) {
-		age = (clock - old) & FS_CLOCK_MASK;
-		if (old && age < (__u64)CR_TOKEN) {
-			if ((old >> CR_FIRST_SEEN_CLOCK_BITS) != fp)
-				return FS_BUSY;
-			*floor = clock - age + (__u64)CR_TOKEN; /* C1 + one token */
-			return FS_AGAIN;
+	for (attempt = 0; attempt < 2; attempt++) {
+		own = 0;
+		way = FS_NONE;
+		seen = 0;
+		for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
+			r = READ_ONCE(g->rec[i]);
+			if (fs_own(r, fp, clock, floor))
+				own = 1;
+			else if (way == FS_NONE && fs_void(r, clock)) {
+				way = i;
+				seen = r;
+			}
 		}
-		seen = __sync_val_compare_and_swap(slot, old, (fp << CR_FIRST_SEEN_CLOCK_BITS) | (clock & FS_CLOCK_MASK));
-		if (seen == old)
-			return FS_NEW;
-		old = seen; /* another CPU wrote the slot first: judge what it wrote */
+		if (own)
+			return FS_AGAIN;
+		if (way == FS_NONE)
+			return FS_BUSY;
+		if (way >= CR_FIRST_SEEN_WAYS)
+			return FS_BUSY;
+		if (__sync_val_compare_and_swap(&g->rec[way], seen, rec) != seen)
+			continue; /* another CPU wrote that way first: look again */
+		for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
+			if (i != way && fs_own(READ_ONCE(g->rec[i]), fp, clock, floor))
+				own = 1;
+		}
+		return own ? FS_AGAIN : FS_NEW;
 	}
 	return FS_BUSY;
 }
@@ -910,7 +961,8 @@ int connrate_xdp(struct xdp_md *ctx)
 	struct cr_drop_cache *e;
 	struct cr_bucket *b;
 	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot;
-	__u64 now, coarse = 0, clock, limit, h, floor = 0, until = 0, drops, *rg;
+	__u64 now, coarse = 0, clock, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
+	struct cr_first_seen *g;
 	int res, allowed, block;
 
 	cnt = bpf_map_lookup_elem(&counters, &zero);
@@ -1009,7 +1061,14 @@ int connrate_xdp(struct xdp_md *ctx)
 	now = now_ns();
 	clock = token_clock(tc, now);
 	limit = (__u64)cfg->burst * (__u64)CR_TOKEN;
-	b = bpf_map_lookup_elem(&buckets, &key);
+	/* The bucket map is looked up only for a key whose has_bucket bit is set:
+	 * a spoofed source's first packet costs one cache line (its group), not a
+	 * miss in the bucket map as well. */
+	g = first_seen_group(&key, h);
+	hbit = 1ULL << ((h >> HAS_BUCKET_HASH_SHIFT) & HAS_BUCKET_BIT_MASK);
+	if (g)
+		hb = &g->has_bucket;
+	b = !hb || (READ_ONCE(*hb) & hbit) ? bpf_map_lookup_elem(&buckets, &key) : NULL;
 	if (b && bucket_empty(READ_ONCE(b->tat), clock, limit)) {
 		/* Over the limit, read-only: nothing to claim or swap (the common
 		 * case under a flood from one source). */
@@ -1022,18 +1081,18 @@ int connrate_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 		if (b) {
-			allowed = bucket_take(&key, &b, clock, limit, 0, cnt);
+			allowed = bucket_take(&key, &b, clock, limit, 0, hb, hbit, cnt);
 		} else if ((__u64)CR_TOKEN > limit) {
 			allowed = 0; /* burst 0: nothing is ever allowed */
 		} else {
-			res = first_seen_claim(&key, h, clock, &floor);
+			res = g ? first_seen_claim(g, h, clock, &floor) : FS_BUSY;
 			if (res == FS_NEW) {
 				allowed = 1;
 				COUNT(cnt, CR_CNT_FIRST_SEEN);
 			} else {
 				if (res == FS_BUSY)
 					COUNT(cnt, CR_CNT_FIRST_SEEN_BUSY);
-				allowed = bucket_take(&key, &b, clock, limit, floor, cnt);
+				allowed = bucket_take(&key, &b, clock, limit, floor, hb, hbit, cnt);
 			}
 		}
 		/* A dropped first packet does not create the flow. */

@@ -31,7 +31,8 @@ typedef uint64_t __u64;
 #define CR_EVENT_INTERVAL_NS (60ULL * CR_NS_PER_SEC) /* one log event per key per minute */
 #define CR_PORTS 65536             /* ports per protocol */
 #define CR_DROP_CACHE_SLOTS 4096   /* per CPU: keys known to be over their limit */
-#define CR_FIRST_SEEN_SLOTS (1 << 20) /* first-seen records, half per protocol */
+#define CR_FIRST_SEEN_WAYS 7         /* first-seen records per group (with has_bucket: one cache line) */
+#define CR_FIRST_SEEN_GROUPS (1 << 17) /* groups, half per protocol: 2^20 records */
 #define CR_FIRST_SEEN_CLOCK_BITS 40   /* a record: token clock's low 40 bits, fingerprint above */
 #define CR_CACHE_RECHECK_NS 1000000ULL /* a drop-cache entry re-reads its bucket after 1 ms */
 #define CR_LOCALS_V4 8             /* local addresses checked inline, per family; */
@@ -150,6 +151,17 @@ struct cr_flow_key {
 
 struct cr_flow {
 	__u64 last_seen_ns;
+};
+
+/* A group of first-seen records (`first_seen`, an ARRAY indexed by a hash of
+ * the key): each record is (fingerprint << CR_FIRST_SEEN_CLOCK_BITS) | the
+ * token clock's low bits when the key took its first token; 0 = empty.
+ * has_bucket has one bit (chosen by the key's hash) set before any key of the
+ * group is given a bucket, never cleared: a key whose bit is clear has no
+ * bucket, and its new connection skips the bucket-map lookup. */
+struct cr_first_seen {
+	__u64 has_bucket;
+	__u64 rec[CR_FIRST_SEEN_WAYS];
 };
 
 /* Per (protocol, port) counters: `port_slots` (a HASH) gives the pair's slot

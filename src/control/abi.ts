@@ -130,7 +130,7 @@ function enumValue(values: ReadonlyMap<string, number>, enumName: string, name: 
 const ABI_STRUCTS = [
   'cr_addr', 'cr_bucket_key', 'cr_bucket', 'cr_flow_key', 'cr_flow', 'cr_port_key', 'cr_port_stats',
   'cr_lpm_key', 'cr_token_clock', 'cr_config', 'cr_config_slot', 'cr_event', 'cr_abi_id',
-  'cr_drop_stats', 'cr_drop_cache', 'cr_locals', 'cr_counters',
+  'cr_drop_stats', 'cr_drop_cache', 'cr_locals', 'cr_counters', 'cr_first_seen',
 ] as const;
 const ABI_ENUMS = ['cr_proto', 'cr_mode', 'cr_counter', 'cr_lpm_tag', 'cr_token'] as const;
 
