@@ -26,9 +26,12 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set only by tests: read "now" from the test_clock map (cr_test_clock), and
  * make every bucket insert fail (cr_test_insert_fail). The verifier removes
- * both branches when they are false. */
+ * these branches when they are false. */
 const volatile __u8 cr_test_clock = 0;
 const volatile __u8 cr_test_insert_fail = 0;
+/* Set only by tests: every key of a protocol falls in one first-seen group
+ * with one fingerprint (collisions on demand). */
+const volatile __u8 cr_test_first_seen_collide = 0;
 
 #define IPV4_FRAG_OFFSET_MASK 0x1fff
 #define IPV6_FRAG_OFFSET_MASK 0xfff8
@@ -768,13 +771,15 @@ static __always_inline struct cr_first_seen *first_seen_group(const struct cr_bu
 {
 	__u32 idx = ((__u32)h & (FS_HALF - 1)) + (key->proto & 1) * FS_HALF;
 
+	if (cr_test_first_seen_collide)
+		idx = (key->proto & 1) * FS_HALF;
 	return bpf_map_lookup_elem(&first_seen, &idx);
 }
 
 static __always_inline int first_seen_claim(struct cr_first_seen *g, __u64 h, __u64 clock,
 					    __u64 *floor)
 {
-	__u64 fp = (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
+	__u64 fp = cr_test_first_seen_collide ? 1 : (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
 	__u64 rec = (fp << CR_FIRST_SEEN_CLOCK_BITS) | (clock & FS_CLOCK_MASK);
 	__u32 i, way;
 	int attempt, own;

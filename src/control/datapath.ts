@@ -67,6 +67,8 @@ export interface LoadOptions {
   readonly testClock?: boolean;
   /** Make every bucket insert fail, as a full or refusing map would (tests only). */
   readonly testInsertFail?: boolean;
+  /** Put every key of a protocol in one first-seen group with one fingerprint (tests only). */
+  readonly testFirstSeenCollide?: boolean;
   readonly sizes?: MapSizes;
   /** Reuse the maps pinned here, or pin them here after load. */
   readonly pins?: PinDir;
@@ -111,6 +113,7 @@ export class Datapath {
     try {
       if (opts.testClock) obj.setGlobal('cr_test_clock', true);
       if (opts.testInsertFail) obj.setGlobal('cr_test_insert_fail', true);
+      if (opts.testFirstSeenCollide) obj.setGlobal('cr_test_first_seen_collide', true);
       for (const [k, maps] of Object.entries(SIZE_TO_MAPS) as [keyof MapSizes, readonly string[]][]) {
         const n = opts.sizes?.[k];
         if (n !== undefined) for (const map of maps) obj.setMaxEntries(map, n);
