@@ -38,6 +38,8 @@ const volatile __u8 cr_test_first_seen_collide = 0;
 #define IPV4_MIN_IHL 5
 #define TCP_MIN_DOFF 5
 #define FLOW_REFRESH_NS 1000000ULL /* refresh a UDP flow's last-seen at most once per ms */
+#define COARSE_LAG_MAX_NS 10000000ULL     /* the coarse clock lags by at most one tick: 10 ms at HZ = 100 */
+#define COARSE_MIN_PERIOD_NS 1000000000ULL /* coarse first-seen decisions only at 1 s a token or slower */
 #define PORT_SLOT_NONE 0xffffffffU
 #define PORT_SLOT_GUARD (1U << 24) /* stop handing out port slots long before the counter wraps */
 #define FS_HALF (CR_FIRST_SEEN_GROUPS / CR_PROTO_COUNT)
@@ -275,9 +277,19 @@ enum parse_result {
  *    never early — stricter only;
  *  - the UDP flow table: a lagging last-seen makes a flow expire at most one
  *    tick early, so at most one more datagram counts as new — stricter only.
- * A packet on the drop path, established UDP or an established TCP path reads
- * one clock (coarse, or none); only a new connection that reaches the bucket
- * reads the precise one as well.
+ *  - the first-seen stage (a new key with no bucket) decides on the coarse
+ *    clock and its bound, coarse <= now <= coarse + COARSE_LAG_MAX_NS: record
+ *    ages are taken against the lower bound (records live longer) and a new
+ *    record holds the upper one (its token counts as taken up to 10 ms late),
+ *    stricter only. It does so only when a token takes 1 s or more, so the
+ *    bound costs a new key at most 1% of a token.
+ * Why not the coarse clock for admissions: GCRA stores tat' = max(tat, C) + T,
+ * so a lagging C would store a smaller tat' — the next token up to the lag
+ * early, looser. Deciding to drop on a lagging clock is stricter (it sees fewer
+ * tokens); storing from one is not.
+ * A packet on the drop path, established UDP, an established TCP path or a
+ * spoofed source's first packet reads one clock (coarse, or none); only a new
+ * connection that takes a token from a bucket reads the precise one as well.
  */
 static __always_inline __u64 test_now(void)
 {
@@ -749,23 +761,6 @@ enum fs_result {
 	FS_BUSY,
 };
 
-/* Is record r live at `clock`, and the key's own? Sets *floor to C1 + 1 token. */
-static __always_inline int fs_own(__u64 r, __u64 fp, __u64 clock, __u64 *floor)
-{
-	__u64 age = (clock - r) & FS_CLOCK_MASK;
-
-	if (!r || age >= (__u64)CR_TOKEN || (r >> CR_FIRST_SEEN_CLOCK_BITS) != fp)
-		return 0;
-	if (clock - age + (__u64)CR_TOKEN > *floor)
-		*floor = clock - age + (__u64)CR_TOKEN;
-	return 1;
-}
-
-static __always_inline int fs_void(__u64 r, __u64 clock)
-{
-	return !r || ((clock - r) & FS_CLOCK_MASK) >= (__u64)CR_TOKEN;
-}
-
 /* The key's group of first-seen records. */
 static __always_inline struct cr_first_seen *first_seen_group(const struct cr_bucket_key *key, __u64 h)
 {
@@ -776,11 +771,40 @@ static __always_inline struct cr_first_seen *first_seen_group(const struct cr_bu
 	return bpf_map_lookup_elem(&first_seen, &idx);
 }
 
-static __always_inline int first_seen_claim(struct cr_first_seen *g, __u64 h, __u64 clock,
+/* A record's age on the token clock `lo` (a lower bound of now): signed, as a
+ * record written by another CPU from a clock a little ahead is younger than 0
+ * (and live). */
+static __always_inline __s64 fs_age(__u64 r, __u64 lo)
+{
+	return (__s64)((lo - r) << (64 - CR_FIRST_SEEN_CLOCK_BITS)) >> (64 - CR_FIRST_SEEN_CLOCK_BITS);
+}
+
+/* Is record r live at `lo`, and the key's own? Raises *floor to its C1 + 1 token. */
+static __always_inline int fs_own(__u64 r, __u64 fp, __u64 lo, __u64 *floor)
+{
+	__s64 age = fs_age(r, lo);
+
+	if (!r || age >= (__s64)CR_TOKEN || (r >> CR_FIRST_SEEN_CLOCK_BITS) != fp)
+		return 0;
+	if (lo - age + (__u64)CR_TOKEN > *floor)
+		*floor = lo - age + (__u64)CR_TOKEN;
+	return 1;
+}
+
+static __always_inline int fs_void(__u64 r, __u64 lo)
+{
+	return !r || fs_age(r, lo) >= (__s64)CR_TOKEN;
+}
+
+/* `lo` and `hi` bound the token clock now (lo <= C(now) <= hi; equal when read
+ * from the precise clock): ages are taken against lo, so records look younger
+ * (live longer); a new record holds hi, so it lives longer and charges a later
+ * C1. Both only make it stricter. */
+static __always_inline int first_seen_claim(struct cr_first_seen *g, __u64 h, __u64 lo, __u64 hi,
 					    __u64 *floor)
 {
 	__u64 fp = cr_test_first_seen_collide ? 1 : (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
-	__u64 rec = (fp << CR_FIRST_SEEN_CLOCK_BITS) | (clock & FS_CLOCK_MASK);
+	__u64 rec = (fp << CR_FIRST_SEEN_CLOCK_BITS) | (hi & FS_CLOCK_MASK);
 	__u32 i, way;
 	int attempt, own;
 	__u64 r, seen;
@@ -793,23 +817,21 @@ static __always_inline int first_seen_claim(struct cr_first_seen *g, __u64 h, __
 		seen = 0;
 		for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
 			r = READ_ONCE(g->rec[i]);
-			if (fs_own(r, fp, clock, floor))
+			if (fs_own(r, fp, lo, floor))
 				own = 1;
-			else if (way == FS_NONE && fs_void(r, clock)) {
+			else if (way == FS_NONE && fs_void(r, lo)) {
 				way = i;
 				seen = r;
 			}
 		}
 		if (own)
 			return FS_AGAIN;
-		if (way == FS_NONE)
-			return FS_BUSY;
 		if (way >= CR_FIRST_SEEN_WAYS)
 			return FS_BUSY;
 		if (__sync_val_compare_and_swap(&g->rec[way], seen, rec) != seen)
 			continue; /* another CPU wrote that way first: look again */
 		for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
-			if (i != way && fs_own(READ_ONCE(g->rec[i]), fp, clock, floor))
+			if (i != way && fs_own(READ_ONCE(g->rec[i]), fp, lo, floor))
 				own = 1;
 		}
 		return own ? FS_AGAIN : FS_NEW;
@@ -966,7 +988,7 @@ int connrate_xdp(struct xdp_md *ctx)
 	struct cr_drop_cache *e;
 	struct cr_bucket *b;
 	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot;
-	__u64 now, coarse = 0, clock, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
+	__u64 now, coarse = 0, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
 	struct cr_first_seen *g;
 	int res, allowed, block;
 
@@ -1019,8 +1041,7 @@ int connrate_xdp(struct xdp_md *ctx)
 			COUNT(cnt, CR_CNT_ESTABLISHED);
 			return XDP_PASS;
 		}
-		if (block)
-			coarse = coarse_now_ns();
+		coarse = coarse_now_ns();
 	} else {
 		fk.src = p.src;
 		fk.dst = p.dst;
@@ -1063,8 +1084,6 @@ int connrate_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	now = now_ns();
-	clock = token_clock(tc, now);
 	limit = (__u64)cfg->burst * (__u64)CR_TOKEN;
 	/* The bucket map is looked up only for a key whose has_bucket bit is set:
 	 * a spoofed source's first packet costs one cache line (its group), not a
@@ -1073,7 +1092,20 @@ int connrate_xdp(struct xdp_md *ctx)
 	hbit = 1ULL << ((h >> HAS_BUCKET_HASH_SHIFT) & HAS_BUCKET_BIT_MASK);
 	if (g)
 		hb = &g->has_bucket;
-	b = !hb || (READ_ONCE(*hb) & hbit) ? bpf_map_lookup_elem(&buckets, &key) : NULL;
+	if (hb && !(READ_ONCE(*hb) & hbit) && tc->period_ns >= COARSE_MIN_PERIOD_NS) {
+		/* No bucket: the first-seen stage decides, on the coarse clock and
+		 * its bound (see first_seen_claim); the precise clock is read only
+		 * if the key goes on to a bucket. */
+		now = coarse;
+		lo = token_clock(tc, coarse);
+		hi = token_clock(tc, coarse + (cr_test_clock ? 0 : COARSE_LAG_MAX_NS));
+		b = NULL;
+	} else {
+		now = now_ns();
+		lo = hi = token_clock(tc, now);
+		b = hb && !(READ_ONCE(*hb) & hbit) ? NULL : bpf_map_lookup_elem(&buckets, &key);
+	}
+	clock = lo;
 	if (b && bucket_empty(READ_ONCE(b->tat), clock, limit)) {
 		/* Over the limit, read-only: nothing to claim or swap (the common
 		 * case under a flood from one source). */
@@ -1090,13 +1122,22 @@ int connrate_xdp(struct xdp_md *ctx)
 		} else if ((__u64)CR_TOKEN > limit) {
 			allowed = 0; /* burst 0: nothing is ever allowed */
 		} else {
-			res = g ? first_seen_claim(g, h, clock, &floor) : FS_BUSY;
+			res = g ? first_seen_claim(g, h, lo, hi, &floor) : FS_BUSY;
 			if (res == FS_NEW) {
 				allowed = 1;
 				COUNT(cnt, CR_CNT_FIRST_SEEN);
 			} else {
 				if (res == FS_BUSY)
 					COUNT(cnt, CR_CNT_FIRST_SEEN_BUSY);
+				/* A token from a bucket: exact time, read after the
+				 * records were, so a record seen was written with a
+				 * C1 <= clock; its C1 is then at most clock, which
+				 * keeps the floor exact when the record holds the
+				 * coarse upper bound. */
+				now = now_ns();
+				clock = token_clock(tc, now);
+				if (floor > clock + (__u64)CR_TOKEN)
+					floor = clock + (__u64)CR_TOKEN;
 				allowed = bucket_take(&key, &b, clock, limit, floor, hb, hbit, cnt);
 			}
 		}
