@@ -1,13 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * connrate.bpf.c — per-(source, destination port, protocol) new-connection rate
- * limiting in XDP. See SPEC §1–2 and connrate.h.
+ * limiting in XDP. Layouts shared with user space: connrate.h.
  *
  * Per packet: parse (VLANs, IPv4/IPv6, TCP/UDP) → is the limit on for this
- * protocol and port → is the destination local → is the source exempt (a
- * non-default route or the admin list) → is it a new connection (TCP SYN
- * without ACK; UDP flow not seen within the timeout) → GCRA bucket, updated by
- * compare-and-swap so the limit is exact across CPUs.
+ * protocol and port → is the destination local (inline for a few addresses)
+ * → is it a new connection (TCP SYN without ACK; UDP flow not seen within the
+ * timeout) → this CPU's drop cache (a key known to be over its limit: drop,
+ * touching only per-CPU lines) → is the source exempt (a non-default route or
+ * the admin list) → the key's first-seen group (a new key: one record, one
+ * CAS) or its GCRA bucket, updated by compare-and-swap so the limit is exact
+ * across CPUs → the shared fallback bucket when a key cannot be stored.
+ *
+ * Shared cache lines written, per path (everything else is per CPU):
+ *   drop, key in the drop cache ......... none
+ *   drop decided through the bucket ..... none (a hot key: once per ms per CPU);
+ *                                          drop_stats' LRU lists when a key's
+ *                                          counts first leave a drop cache
+ *   established TCP, not monitored ...... none
+ *   established UDP ..................... the flow's last-seen, once per ms
+ *   new key, first packet ............... its first-seen group (one CAS)
+ *   new key, second packet .............. has_bucket (once per bit), the bucket
+ *                                          insert (the LRU's lists)
+ *   token taken from a bucket ........... the bucket's tat (one CAS)
+ *   a key starts being limited .......... its last_event_ns (CAS, once a minute)
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
