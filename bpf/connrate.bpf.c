@@ -717,11 +717,11 @@ static __always_inline int fallback_take(const struct cr_bucket_key *key, __u64 
 }
 
 /* The bucket path of a key that may take a token: CAS on its bucket, or store a
- * new bucket holding `tat` (the token taken), or the fallback. `hb` and `bit`:
- * the key's has_bucket bit, set before a bucket is stored. */
+ * new bucket holding `tat` (the token taken) — the caller has set the key's
+ * has_bucket bit — or the fallback. */
 static __always_inline int bucket_take(const struct cr_bucket_key *key, struct cr_bucket **bp,
 				       __u64 clock, __u64 limit, __u64 floor,
-				       __u64 *hb, __u64 bit, struct cr_counters *cnt)
+				       int *inserted, struct cr_counters *cnt)
 {
 	struct cr_bucket *b = *bp;
 
@@ -731,11 +731,11 @@ static __always_inline int bucket_take(const struct cr_bucket_key *key, struct c
 
 		if (tat - clock > limit)
 			return 0;
-		if (hb && !(READ_ONCE(*hb) & bit))
-			__sync_fetch_and_or(hb, bit);
 		err = bucket_insert(key, tat);
-		if (!err)
+		if (!err) {
+			*inserted = 1;
 			return 1;
+		}
 		if (err == -EEXIST)
 			b = bpf_map_lookup_elem(&buckets, key); /* another CPU stored it just now */
 		*bp = b;
@@ -853,6 +853,28 @@ static __always_inline int first_seen_claim(struct cr_first_seen *g, __u64 h, __
 		return own ? FS_AGAIN : FS_NEW;
 	}
 	return FS_BUSY;
+}
+
+/* Raise *floor to cover every live record of this key (fingerprint fp) in its
+ * group; returns the ways that hold one (a live record never changes its way
+ * or value). A global function: the verifier checks it once, not once per
+ * path into it. */
+__noinline __u32 first_seen_charge(struct cr_first_seen *g, __u64 fp, __u64 lo, __u64 *floor)
+{
+	__u32 i, ways = 0;
+
+	if (!g || !floor)
+		return 0;
+	for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
+		if (fs_own(READ_ONCE(g->rec[i]), fp, lo, floor))
+			ways |= 1U << i;
+	}
+	return ways;
+}
+
+static __always_inline __u64 first_seen_fp(__u64 h)
+{
+	return cr_test_first_seen_collide ? 1 : (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
 }
 
 /* Give back this CPU's drops of the key in a drop-cache slot to drop_stats,
@@ -1005,6 +1027,8 @@ int connrate_xdp(struct xdp_md *ctx)
 	struct cr_bucket *b;
 	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot;
 	__u64 now, coarse = 0, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
+	__u32 ways = 0;
+	int inserted = 0;
 	struct cr_first_seen *g;
 	int res, allowed, block;
 
@@ -1134,17 +1158,31 @@ int connrate_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 		if (b) {
-			allowed = bucket_take(&key, &b, clock, limit, 0, hb, hbit, cnt);
+			allowed = bucket_take(&key, &b, clock, limit, 0, &inserted, cnt);
 		} else if ((__u64)CR_TOKEN > limit) {
 			allowed = 0; /* burst 0: nothing is ever allowed */
 		} else {
 			res = g ? first_seen_claim(g, h, lo, hi, &floor) : FS_BUSY;
+			/* Another CPU may be storing this key's bucket right now
+			 * (its group was full). It sets the bit, reads the records,
+			 * inserts, and reads them again; we wrote our record (CAS),
+			 * then read the bit and, if set, look for the bucket. Each
+			 * step after a full barrier, so either it finds our record
+			 * (and charges it) or we find its bucket (and take our token
+			 * there, our record charged as well). */
+			if (res == FS_NEW && hb && (READ_ONCE(*hb) & hbit) &&
+			    bpf_map_lookup_elem(&buckets, &key))
+				res = FS_AGAIN;
 			if (res == FS_NEW) {
 				allowed = 1;
 				COUNT(cnt, CR_CNT_FIRST_SEEN);
 			} else {
 				if (res == FS_BUSY)
 					COUNT(cnt, CR_CNT_FIRST_SEEN_BUSY);
+				if (hb && !(READ_ONCE(*hb) & hbit))
+					__sync_fetch_and_or(hb, hbit);
+				if (g)
+					ways = first_seen_charge(g, first_seen_fp(h), lo, &floor);
 				/* A token from a bucket: exact time, read after the
 				 * records were, so a record seen was written with a
 				 * C1 <= clock; its C1 is then at most clock, which
@@ -1154,7 +1192,18 @@ int connrate_xdp(struct xdp_md *ctx)
 				clock = token_clock(tc, now);
 				if (floor > clock + (__u64)CR_TOKEN)
 					floor = clock + (__u64)CR_TOKEN;
-				allowed = bucket_take(&key, &b, clock, limit, floor, hb, hbit, cnt);
+				allowed = bucket_take(&key, &b, clock, limit, floor, &inserted, cnt);
+				if (inserted && hb && g) {
+					/* read the records again after the insert (the
+					 * fetch_or is the barrier): one written meanwhile
+					 * is a token the new bucket does not hold yet */
+					__sync_fetch_and_or(hb, hbit);
+					if (first_seen_charge(g, first_seen_fp(h), lo, &floor) & ~ways) {
+						b = bpf_map_lookup_elem(&buckets, &key);
+						if (b)
+							__sync_fetch_and_add(&b->tat, (__u64)CR_TOKEN);
+					}
+				}
 			}
 		}
 		/* A dropped first packet does not create the flow. */
