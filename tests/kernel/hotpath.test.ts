@@ -69,8 +69,8 @@ describe('the drop cache', () => {
       limit(CLIENT4);
       if (evict) {
         // sources that come back (three SYNs each) compete with it in the LRU
-        for (let n = 0; n < 4 * CAPACITY; n++) {
-          const s = syn(`198.18.${128 + ((n >> 8) & 0x7f)}.${n & 0xff}`, 443, 1000);
+        for (let n = 0; n < 8 * CAPACITY; n++) {
+          const s = syn(`198.18.${128 + ((n >> 8) & 0x7f)}.${n & 0xff}`, 443 + (n >> 15), 1000);
           for (let k = 0; k < 3; k++) bench.send({ ...s, sport: 1000 + k });
         }
       }
