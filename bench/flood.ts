@@ -111,7 +111,7 @@ export async function flood(sources: number): Promise<Record<string, unknown>> {
       trackedBuckets: dp.map('buckets').count(),
       trackedFlows: dp.map('udp_flows').count(),
       legitimate: { rounds: chunks.length, burstAdmittedEachRound: [...new Set(chunks.map((x) => x.burstAdmitted))], establishedPassedEachRound: [...new Set(chunks.map((x) => x.establishedPassed))] },
-      counters: { new_allowed: Number(c.new_allowed), new_dropped: Number(c.new_dropped), bucket_insert_fail: Number(c.bucket_insert_fail) },
+      counters: { new_allowed: Number(c.new_allowed), new_dropped: Number(c.new_dropped), bucket_fallback: Number(c.bucket_fallback) },
       memoryBefore: before,
       memoryAfter: after,
     };

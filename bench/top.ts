@@ -1,7 +1,7 @@
 /**
- * `connrate top` and `stats` over 1M tracked keys: fill the bucket map of a
- * loaded datapath with one million (source, port, protocol) keys, then time
- * the batch reads the commands do.
+ * `connrate top` and `stats` over 1M tracked keys: fill the bucket map (and
+ * the per-CPU drop counts) of a loaded datapath with one million (source,
+ * port, protocol) keys, then time the batch reads the commands do.
  */
 import { fileURLToPath } from 'node:url';
 import { writeU16, writeU64 } from '../src/control/abi.js';
@@ -27,8 +27,11 @@ export function measureTop(keys = KEYS): TopBench {
     const K = dp.abi.bucketKey;
     const V = dp.abi.bucket;
     const buckets = dp.map('buckets');
+    const dropStats = dp.map('drop_stats');
+    const D = dp.abi.dropStats;
     const key = K.alloc();
     const value = V.alloc();
+    const drops = Buffer.alloc(dropStats.valueBufferSize);
     const t0 = performance.now();
     for (let i = 0; i < keys; i++) {
       // 198.18.0.0/15 sources, v4-mapped; one port; drops vary so top has to sort
@@ -37,8 +40,10 @@ export function measureTop(keys = KEYS): TopBench {
       key.writeUInt32BE(0xc6120000 + i, K.field('src').offset + 12);
       writeU16(key, K.field('dport').offset, 443);
       writeU64(value, V.field('tat').offset, 0n);
-      writeU64(value, V.field('drops').offset, BigInt((i * 7919) % 100_003));
       buckets.update(key, value);
+      // drops are counted per CPU: put them all on CPU 0
+      writeU64(drops, D.field('drops').offset, BigInt((i * 7919) % 100_003));
+      dropStats.update(key, drops);
     }
     const fillMs = performance.now() - t0;
     const t1 = performance.now();

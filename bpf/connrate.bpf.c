@@ -1,13 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * connrate.bpf.c — per-(source, destination port, protocol) new-connection rate
- * limiting in XDP. See SPEC §1–2 and connrate.h.
+ * limiting in XDP. Layouts shared with user space: connrate.h.
  *
  * Per packet: parse (VLANs, IPv4/IPv6, TCP/UDP) → is the limit on for this
- * protocol and port → is the destination local → is the source exempt (a
- * non-default route or the admin list) → is it a new connection (TCP SYN
- * without ACK; UDP flow not seen within the timeout) → GCRA bucket, updated by
- * compare-and-swap so the limit is exact across CPUs.
+ * protocol and port → is the destination local (inline for a few addresses)
+ * → is it a new connection (TCP SYN without ACK; UDP flow not seen within the
+ * timeout) → this CPU's drop cache (a key known to be over its limit: drop,
+ * touching only per-CPU lines) → is the source exempt (a non-default route or
+ * the admin list) → the key's first-seen group (a new key: one record, one
+ * CAS) or its GCRA bucket, updated by compare-and-swap so the limit is exact
+ * across CPUs → the shared fallback bucket when a key cannot be stored.
+ *
+ * Shared cache lines written, per path (everything else is per CPU):
+ *   drop, key in the drop cache ......... none
+ *   drop decided through the bucket ..... none (a hot key: once per ms per CPU);
+ *                                          drop_stats' LRU lists when a key's
+ *                                          counts first leave a drop cache
+ *   established TCP, not monitored ...... none
+ *   established UDP ..................... the flow's last-seen, once per ms
+ *   new key, first packet ............... its first-seen group (one CAS)
+ *   new key, second packet .............. has_bucket (once per bit), the bucket
+ *                                          insert (the LRU's lists)
+ *   token taken from a bucket ........... the bucket's tat (one CAS)
+ *   a key starts being limited .......... its last_event_ns (CAS, once a minute)
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -24,15 +40,37 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Set only by tests: read "now" from the test_clock map. The verifier removes
- * the branch when it is false. */
+/* Set only by tests: read "now" from the test_clock map (cr_test_clock), and
+ * make every bucket insert fail (cr_test_insert_fail). The verifier removes
+ * these branches when they are false. */
 const volatile __u8 cr_test_clock = 0;
+const volatile __u8 cr_test_insert_fail = 0;
+/* Set only by tests: every key of a protocol falls in one first-seen group
+ * with one fingerprint (collisions on demand). */
+const volatile __u8 cr_test_first_seen_collide = 0;
 
 #define IPV4_FRAG_OFFSET_MASK 0x1fff
 #define IPV6_FRAG_OFFSET_MASK 0xfff8
 #define IPV4_MIN_IHL 5
 #define TCP_MIN_DOFF 5
 #define FLOW_REFRESH_NS 1000000ULL /* refresh a UDP flow's last-seen at most once per ms */
+#define COARSE_LAG_MAX_NS 10000000ULL     /* the coarse clock lags by at most one tick: 10 ms at HZ = 100 */
+#define COARSE_MIN_PERIOD_NS 1000000000ULL /* coarse first-seen decisions only at 1 s a token or slower */
+#define PORT_SLOT_NONE 0xffffffffU
+#define PORT_SLOT_GUARD (1U << 24) /* stop handing out port slots long before the counter wraps */
+#define FS_HALF (CR_FIRST_SEEN_GROUPS / CR_PROTO_COUNT)
+#define FS_NONE 0xff
+#define FS_CLOCK_MASK (((__u64)1 << CR_FIRST_SEEN_CLOCK_BITS) - 1)
+#define DROP_CACHE_HASH_SHIFT 20 /* key_hash bits 20..31: apart from the first-seen index (0..15) */
+#define HAS_BUCKET_HASH_SHIFT 32 /* key_hash bits 32..37: the key's has_bucket bit */
+#define HAS_BUCKET_BIT_MASK 63
+#define U32_BITS 32
+#define U32_MASK 0xffffffffULL
+#define HASH_K1 0x9e3779b97f4a7c15ULL
+#define HASH_K2 0xc2b2ae3d27d4eb4fULL
+#define HASH_K3 0x165667b19e3779f9ULL
+#define HASH_FMIX 0xff51afd7ed558ccdULL
+#define HASH_FMIX_SHIFT 33
 
 #ifndef READ_ONCE
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
@@ -87,12 +125,27 @@ struct {
 	__type(value, struct cr_abi_id);
 } abi_id SEC(".maps");
 
+/* The local addresses: inline (locals[locals_slot]) when few, else this hash. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CR_DEFAULT_LOCAL_ADDRS);
 	__type(key, struct cr_addr);
 	__type(value, __u8);
 } local_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CR_CONFIG_SLOTS);
+	__type(key, __u32);
+	__type(value, struct cr_locals);
+} locals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cr_config_slot);
+} locals_slot SEC(".maps");
 
 /* Non-default routes (tag CR_TAG_ROUTE) and the admin exempt list (tag = config
  * slot), one trie for both families (IPv4 v4-mapped). */
@@ -104,12 +157,55 @@ struct {
 	__type(value, __u8);
 } src_prefixes SEC(".maps");
 
+/* Bumped by user space after every change of the routes (drop-cache entries
+ * made under another generation are void). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} routes_gen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CR_DEFAULT_BUCKETS);
 	__type(key, struct cr_bucket_key);
 	__type(value, struct cr_bucket);
 } buckets SEC(".maps");
+
+/* Per-CPU drops of keys that left a CPU's drop cache (connrate.h). User space
+ * sizes it like `buckets`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, CR_DEFAULT_BUCKETS);
+	__type(key, struct cr_bucket_key);
+	__type(value, struct cr_drop_stats);
+} drop_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CR_DROP_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct cr_drop_cache);
+} drop_cache SEC(".maps");
+
+/* First-seen records (connrate.h): one group per hash of the key, TCP groups
+ * in the first half, UDP in the second. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CR_FIRST_SEEN_GROUPS);
+	__type(key, __u32);
+	__type(value, struct cr_first_seen);
+} first_seen SEC(".maps");
+
+/* GCRA tat of the shared bucket of each (protocol, port), for keys that could
+ * not be stored. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CR_PROTO_COUNT * CR_PORTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} fallback SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -119,17 +215,31 @@ struct {
 } udp_flows SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CR_DEFAULT_PORT_STATS);
 	__type(key, struct cr_port_key);
+	__type(value, __u32);
+} port_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CR_DEFAULT_PORT_STATS);
+	__type(key, __u32);
 	__type(value, struct cr_port_stats);
 } port_stats SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CR_CNT_COUNT);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, __u32);
+} port_slot_next SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cr_counters);
 } counters SEC(".maps");
 
 struct {
@@ -168,31 +278,54 @@ enum parse_result {
 	PARSE_EXT_LIMIT,
 };
 
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+#define COUNT(cnt, idx) ((cnt)->n[(idx)]++)
 
-	if (v)
-		*v += 1;
+/*
+ * Clocks. Admissions read the precise clock (bpf_ktime_get_ns): GCRA stores
+ * tat' = max(tat, C(now)) + T, and a clock that lags would store a smaller
+ * tat', admitting the next packet up to the lag early. Everything that can
+ * only drop or only expire reads the coarse clock (bpf_ktime_get_coarse_ns,
+ * the last tick: it lags the precise clock by at most one tick, 1–10 ms, and
+ * never leads it):
+ *  - the drop cache drops while coarse_now < until_ns: a lagging clock keeps
+ *    an entry at most one tick longer, so a key gets its next token at most
+ *    one tick late (against a token period of 60 s / rate, 3 s at 20/min),
+ *    never early — stricter only;
+ *  - the UDP flow table: a lagging last-seen makes a flow expire at most one
+ *    tick early, so at most one more datagram counts as new — stricter only.
+ *  - the first-seen stage (a new key with no bucket) decides on the coarse
+ *    clock and its bound, coarse <= now <= coarse + COARSE_LAG_MAX_NS: record
+ *    ages are taken against the lower bound (records live longer) and a new
+ *    record holds the upper one (its token counts as taken up to 10 ms late),
+ *    stricter only. It does so only when a token takes 1 s or more, so the
+ *    bound costs a new key at most 1% of a token.
+ * Why not the coarse clock for admissions: GCRA stores tat' = max(tat, C) + T,
+ * so a lagging C would store a smaller tat' — the next token up to the lag
+ * early, looser. Deciding to drop on a lagging clock is stricter (it sees fewer
+ * tokens); storing from one is not.
+ * A packet on the drop path, established UDP, an established TCP path or a
+ * spoofed source's first packet reads one clock (coarse, or none); only a new
+ * connection that takes a token from a bucket reads the precise one as well.
+ */
+static __always_inline __u64 test_now(void)
+{
+	__u32 zero = 0;
+	__u64 *t = bpf_map_lookup_elem(&test_clock, &zero);
+
+	return t ? *t : 0;
 }
 
 static __always_inline __u64 now_ns(void)
 {
-	if (cr_test_clock) {
-		__u32 zero = 0;
-		__u64 *t = bpf_map_lookup_elem(&test_clock, &zero);
-
-		return t ? *t : 0;
-	}
+	if (cr_test_clock)
+		return test_now();
 	return bpf_ktime_get_ns();
 }
 
-/* For the UDP flow table: seconds-scale timeouts need no more than the tick's
- * resolution, and the coarse clock is several times cheaper to read. */
 static __always_inline __u64 coarse_now_ns(void)
 {
 	if (cr_test_clock)
-		return now_ns();
+		return test_now();
 	return bpf_ktime_get_coarse_ns();
 }
 
@@ -359,6 +492,43 @@ static __always_inline int port_listed(const struct cr_config *cfg, __u8 proto, 
 	return (cfg->ports[proto & 1][port / 64] >> (port % 64)) & 1;
 }
 
+/* Is the destination one of ours? Inline for a few addresses, else the hash. */
+static __always_inline int is_local(const struct packet *p)
+{
+	__u32 zero = 0, slot;
+	struct cr_config_slot *ls = bpf_map_lookup_elem(&locals_slot, &zero);
+	const struct cr_locals *l;
+	const __u32 *d = (const __u32 *)p->dst.bytes;
+	int i;
+
+	if (!ls)
+		return 0;
+	slot = ls->slot & 1;
+	l = bpf_map_lookup_elem(&locals, &slot);
+	if (!l)
+		return 0;
+	if (l->use_map)
+		return bpf_map_lookup_elem(&local_addrs, &p->dst) != NULL;
+	if (!p->is_v6) {
+		for (i = 0; i < CR_LOCALS_V4; i++) {
+			if (i >= l->v4_count)
+				return 0;
+			if (l->v4[i] == d[3])
+				return 1;
+		}
+		return 0;
+	}
+	for (i = 0; i < CR_LOCALS_V6; i++) {
+		const __u32 *a = (const __u32 *)l->v6[i].bytes;
+
+		if (i >= l->v6_count)
+			return 0;
+		if (a[0] == d[0] && a[1] == d[1] && a[2] == d[2] && a[3] == d[3])
+			return 1;
+	}
+	return 0;
+}
+
 static __always_inline int source_exempt(const struct packet *p, __u32 slot,
 					 const struct cr_config *cfg)
 {
@@ -376,20 +546,35 @@ static __always_inline int source_exempt(const struct packet *p, __u32 slot,
 	return bpf_map_lookup_elem(&src_prefixes, &k) != NULL;
 }
 
-static __always_inline void count_port(const struct packet *p, __u32 verdict_cnt)
+/* The (protocol, port)'s slot in port_stats, handed out on first use. */
+static __always_inline __u32 port_slot_of(const struct packet *p)
 {
 	struct cr_port_key k = { .port = p->dport, .proto = p->proto };
-	struct cr_port_stats *ps = bpf_map_lookup_elem(&port_stats, &k);
+	__u32 zero = 0, slot, *s, *next;
+	long err;
+
+	s = bpf_map_lookup_elem(&port_slots, &k);
+	if (s)
+		return *s;
+	next = bpf_map_lookup_elem(&port_slot_next, &zero);
+	if (!next || READ_ONCE(*next) >= PORT_SLOT_GUARD)
+		return PORT_SLOT_NONE;
+	slot = __sync_fetch_and_add(next, 1);
+	err = bpf_map_update_elem(&port_slots, &k, &slot, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		s = bpf_map_lookup_elem(&port_slots, &k); /* another CPU was first; its slot */
+		return s ? *s : PORT_SLOT_NONE;
+	}
+	return err ? PORT_SLOT_NONE : slot;
+}
+
+static __always_inline void count_port(struct cr_counters *cnt, __u32 slot, __u32 verdict_cnt)
+{
+	struct cr_port_stats *ps = bpf_map_lookup_elem(&port_stats, &slot);
 
 	if (!ps) {
-		struct cr_port_stats zero = {};
-
-		bpf_map_update_elem(&port_stats, &k, &zero, BPF_NOEXIST);
-		ps = bpf_map_lookup_elem(&port_stats, &k);
-		if (!ps) {
-			count(CR_CNT_PORT_STATS_FULL);
-			return;
-		}
+		COUNT(cnt, CR_CNT_PORT_STATS_FULL);
+		return;
 	}
 	if (verdict_cnt == CR_CNT_NEW_ALLOWED)
 		ps->allowed++;
@@ -399,45 +584,37 @@ static __always_inline void count_port(const struct packet *p, __u32 verdict_cnt
 		ps->would_drop++;
 }
 
-static __always_inline void emit_event(const struct cr_bucket_key *key, struct cr_bucket *b,
-				       const struct cr_config *cfg, __u64 now)
+/* (x * mult) >> shift without overflow for any x, mult < 2^32 (connrate.h). */
+static __always_inline __u64 mul_shift(__u64 x, __u32 mult, __u32 shift)
 {
-	__u64 last = b->last_event_ns;
-	struct cr_event *ev;
+	__u64 hi = (x >> U32_BITS) * mult;
+	__u64 lo = (x & U32_MASK) * mult;
 
-	if (last && now - last < CR_EVENT_INTERVAL_NS)
-		return;
-	if (__sync_val_compare_and_swap(&b->last_event_ns, last, now) != last)
-		return; /* another CPU is logging this key */
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count(CR_CNT_EVENTS_LOST);
-		return;
-	}
-	ev->ts_ns = now;
-	ev->src = key->src;
-	ev->dport = key->dport;
-	ev->proto = key->proto;
-	ev->would_drop = cfg->mode == CR_MODE_LOG;
-	ev->rate = cfg->rate[key->proto & 1];
-	ev->burst = cfg->burst;
-	ev->pad = 0;
-	ev->drops = b->drops;
-	bpf_ringbuf_submit(ev, 0);
+	shift &= 63;
+	if (shift >= U32_BITS)
+		return (hi >> (shift - U32_BITS)) + (lo >> shift);
+	return (hi << (U32_BITS - shift)) + (lo >> shift);
 }
 
-/* C(now) of a token clock (connrate.h). q and r keep the products in range:
- * r < period <= 60 s, so r * CR_TOKEN < 2^56. */
+/* C(now) of a token clock (connrate.h). */
 static __always_inline __u64 token_clock(const struct cr_token_clock *c, __u64 now)
 {
-	__u64 elapsed, q, r;
+	__u64 e, q, r, period = c->period_ns;
 
-	if (now <= c->base_ns || !c->period_ns)
+	if (now <= c->base_ns || !period)
 		return c->base_tokens;
-	elapsed = now - c->base_ns;
-	q = elapsed / c->period_ns;
-	r = elapsed - q * c->period_ns;
-	return c->base_tokens + q * (__u64)CR_TOKEN + r * (__u64)CR_TOKEN / c->period_ns;
+	e = now - c->base_ns;
+	q = mul_shift(e, c->q_mult, c->q_shift);
+	r = e - q * period;
+	if (r >= period) {
+		q++;
+		r -= period;
+	}
+	if (r >= period) {
+		q++;
+		r -= period;
+	}
+	return c->base_tokens + (q << CR_TOKEN_SHIFT) + mul_shift(r, c->f_mult, c->f_shift);
 }
 
 /* The bucket key of a packet: IPv6 sources masked to the configured prefix. */
@@ -458,59 +635,336 @@ static __always_inline void bucket_key_of(const struct packet *p, const struct c
 	}
 }
 
-/* No token right now (GCRA: taking one would put tat' - C over the limit). */
-static __always_inline int bucket_empty(struct cr_bucket *b, __u64 clock, __u64 limit)
+/* 64-bit hash of a bucket key (its five 32-bit words), one multiply per pair
+ * and a murmur3 finalizer. The first-seen records index by bits 0..18, the
+ * drop cache by bits 20..31, first-seen fingerprints are bits 40..63. */
+static __always_inline __u64 key_hash(const struct cr_bucket_key *k)
 {
-	__u64 tat = READ_ONCE(b->tat);
+	const __u32 *w = (const __u32 *)k;
+	__u64 h;
 
+	h = (((__u64)w[0] << U32_BITS) | w[1]) * HASH_K1;
+	h ^= (((__u64)w[2] << U32_BITS) | w[3]) * HASH_K2;
+	h ^= (__u64)w[4] * HASH_K3;
+	h ^= h >> HASH_FMIX_SHIFT;
+	h *= HASH_FMIX;
+	h ^= h >> HASH_FMIX_SHIFT;
+	return h;
+}
+
+static __always_inline int key_equal(const struct cr_bucket_key *a, const struct cr_bucket_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+/* No token right now (GCRA: taking one would put tat' - C over the limit). */
+static __always_inline int bucket_empty(__u64 tat, __u64 clock, __u64 limit)
+{
 	return (tat > clock ? tat : clock) + (__u64)CR_TOKEN - clock > limit;
 }
 
-/* GCRA on the token clock: tat' = max(tat, C) + 1 token; allow iff
+/* GCRA on a shared tat: tat' = max(tat, C, floor) + 1 token; allow iff
  * tat' - C <= burst tokens, stored by compare-and-swap so CPUs racing on one
- * key admit no more than one CPU would. *bp may be NULL (a new key starts
- * full); on return it points at the bucket, if there is one. Returns 1 when
- * allowed. */
-static __always_inline int bucket_take(const struct cr_bucket_key *key, struct cr_bucket **bp,
-				       __u64 clock, __u64 limit)
+ * key admit no more than one CPU would. `floor` charges tokens the key is known
+ * to have used elsewhere (0: none). Returns 1 when allowed. */
+static __always_inline int gcra_take(__u64 *tatp, __u64 clock, __u64 limit, __u64 floor,
+				     struct cr_counters *cnt)
 {
-	struct cr_bucket *b = *bp;
 	int i;
 
-	if (!b) {
-		struct cr_bucket fresh = { .tat = clock + (__u64)CR_TOKEN };
-
-		if ((__u64)CR_TOKEN > limit)
-			return 0; /* burst 0: nothing is ever allowed */
-		if (!bpf_map_update_elem(&buckets, key, &fresh, BPF_NOEXIST))
-			return 1;
-		b = bpf_map_lookup_elem(&buckets, key); /* another CPU inserted it just now */
-		*bp = b;
-		if (!b) {
-			count(CR_CNT_BUCKET_INSERT_FAIL);
-			return 1;
-		}
-	}
 	for (i = 0; i < CR_CAS_RETRIES; i++) {
-		__u64 old = READ_ONCE(b->tat);
-		__u64 tat = (old > clock ? old : clock) + (__u64)CR_TOKEN;
+		__u64 old = READ_ONCE(*tatp);
+		__u64 tat = old > clock ? old : clock;
 
+		if (floor > tat)
+			tat = floor;
+		tat += (__u64)CR_TOKEN;
 		if (tat - clock > limit)
 			return 0;
-		if (__sync_val_compare_and_swap(&b->tat, old, tat) == old)
+		if (__sync_val_compare_and_swap(tatp, old, tat) == old)
 			return 1;
 	}
-	count(CR_CNT_CAS_EXHAUSTED);
+	COUNT(cnt, CR_CNT_CAS_EXHAUSTED);
 	return 0;
 }
 
-/* Bookkeeping for a key over its limit: drops, last drop, the log event. */
-static __always_inline void bucket_over(const struct cr_bucket_key *key, struct cr_bucket *b,
-					const struct cr_config *cfg, __u64 now)
+/* Insert a key's bucket already holding `tat` (NOEXIST). Returns 0 when stored,
+ * -EEXIST when another CPU stored it first, another error when the map refused. */
+static __always_inline long bucket_insert(const struct cr_bucket_key *key, __u64 tat)
 {
-	__sync_fetch_and_add(&b->drops, 1);
-	b->last_drop_ns = now;
-	emit_event(key, b, cfg, now);
+	struct cr_bucket fresh = { .tat = tat };
+
+	if (cr_test_insert_fail)
+		return -ENOMEM;
+	return bpf_map_update_elem(&buckets, key, &fresh, BPF_NOEXIST);
+}
+
+/* A key that could not be stored: its (protocol, port)'s shared bucket judges
+ * it, charged with what the key is known to have used (floor). Bounded by one
+ * bucket per (protocol, port), and stricter for every key that shares it. */
+static __always_inline int fallback_take(const struct cr_bucket_key *key, __u64 clock, __u64 limit,
+					 __u64 floor, struct cr_counters *cnt)
+{
+	__u32 idx = (__u32)(key->proto & 1) * CR_PORTS + key->dport;
+	__u64 *tat = bpf_map_lookup_elem(&fallback, &idx);
+
+	COUNT(cnt, CR_CNT_BUCKET_FALLBACK);
+	if (!tat)
+		return 0;
+	return gcra_take(tat, clock, limit, floor, cnt);
+}
+
+/* The bucket path of a key that may take a token: CAS on its bucket, or store a
+ * new bucket holding `tat` (the token taken) — the caller has set the key's
+ * has_bucket bit — or the fallback. */
+static __always_inline int bucket_take(const struct cr_bucket_key *key, struct cr_bucket **bp,
+				       __u64 clock, __u64 limit, __u64 floor,
+				       int *inserted, struct cr_counters *cnt)
+{
+	struct cr_bucket *b = *bp;
+
+	if (!b) {
+		__u64 tat = (floor > clock ? floor : clock) + (__u64)CR_TOKEN;
+		long err;
+
+		if (tat - clock > limit)
+			return 0;
+		err = bucket_insert(key, tat);
+		if (!err) {
+			*inserted = 1;
+			return 1;
+		}
+		if (err == -EEXIST)
+			b = bpf_map_lookup_elem(&buckets, key); /* another CPU stored it just now */
+		*bp = b;
+		if (!b)
+			return fallback_take(key, clock, limit, floor, cnt);
+	}
+	return gcra_take(&b->tat, clock, limit, floor, cnt);
+}
+
+/*
+ * First-seen stage: a new key (no bucket) is admitted by writing one 64-bit
+ * record — a fingerprint of the key and the token clock C1 (its low 40 bits,
+ * exact) — into a free way of the key's group with one compare-and-swap,
+ * instead of a bucket insert (an LRU insert and an eviction). A key sending
+ * one packet never costs more. The record stands for "this key took one token
+ * at C1"; it is void once C has advanced one token past C1 (the key has that
+ * token back: a new key again, exactly). A group is one cache line of
+ * CR_FIRST_SEEN_WAYS records:
+ *  - a live record with this key's fingerprint: its second packet within a
+ *    token — the caller stores a bucket charged with that token (floor). Two
+ *    keys of one group with the same fingerprint share the charge: stricter.
+ *  - none, and a void or empty way: claim the first by CAS (a lost CAS scans
+ *    again). Then look once more for another live record of this key: two
+ *    CPUs that claimed two ways for one key at once both find the other's, or
+ *    at least the later one does (each CAS is a full barrier before its own
+ *    second look), and whoever finds one does not count as new — so two CPUs
+ *    never both see "new".
+ *  - none, and every way live with other keys: BUSY, the caller stores a
+ *    bucket as for any new key (exact; nothing live is overwritten). A group
+ *    fills when its keys' first tokens arrive faster than one per way per
+ *    token period.
+ * C's low 40 bits wrap after 2^20 tokens; a record that old may look live
+ * again, which only charges a token (stricter) or sends a key to the bucket
+ * map (exact).
+ */
+enum fs_result {
+	FS_NEW = 0,
+	FS_AGAIN,
+	FS_BUSY,
+};
+
+/* The key's group of first-seen records. */
+static __always_inline struct cr_first_seen *first_seen_group(const struct cr_bucket_key *key, __u64 h)
+{
+	__u32 idx = ((__u32)h & (FS_HALF - 1)) + (key->proto & 1) * FS_HALF;
+
+	if (cr_test_first_seen_collide)
+		idx = (key->proto & 1) * FS_HALF;
+	return bpf_map_lookup_elem(&first_seen, &idx);
+}
+
+/* A record's age on the token clock `lo` (a lower bound of now): signed, as a
+ * record written by another CPU from a clock a little ahead is younger than 0
+ * (and live). */
+static __always_inline __s64 fs_age(__u64 r, __u64 lo)
+{
+	return (__s64)((lo - r) << (64 - CR_FIRST_SEEN_CLOCK_BITS)) >> (64 - CR_FIRST_SEEN_CLOCK_BITS);
+}
+
+/* Is record r live at `lo`, and the key's own? Raises *floor to its C1 + 1 token. */
+static __always_inline int fs_own(__u64 r, __u64 fp, __u64 lo, __u64 *floor)
+{
+	__s64 age = fs_age(r, lo);
+
+	if (!r || age >= (__s64)CR_TOKEN || (r >> CR_FIRST_SEEN_CLOCK_BITS) != fp)
+		return 0;
+	if (lo - age + (__u64)CR_TOKEN > *floor)
+		*floor = lo - age + (__u64)CR_TOKEN;
+	return 1;
+}
+
+static __always_inline int fs_void(__u64 r, __u64 lo)
+{
+	return !r || fs_age(r, lo) >= (__s64)CR_TOKEN;
+}
+
+/* `lo` and `hi` bound the token clock now (lo <= C(now) <= hi; equal when read
+ * from the precise clock): ages are taken against lo, so records look younger
+ * (live longer); a new record holds hi, so it lives longer and charges a later
+ * C1. Both only make it stricter. */
+static __always_inline int first_seen_claim(struct cr_first_seen *g, __u64 h, __u64 lo, __u64 hi,
+					    __u64 *floor)
+{
+	__u64 fp = cr_test_first_seen_collide ? 1 : (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
+	__u64 rec = (fp << CR_FIRST_SEEN_CLOCK_BITS) | (hi & FS_CLOCK_MASK);
+	__u32 i, way;
+	int attempt, own;
+	__u64 r, seen;
+
+	if (!g)
+		return FS_BUSY;
+	for (attempt = 0; attempt < 2; attempt++) {
+		own = 0;
+		way = FS_NONE;
+		seen = 0;
+		for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
+			r = READ_ONCE(g->rec[i]);
+			if (fs_own(r, fp, lo, floor))
+				own = 1;
+			else if (way == FS_NONE && fs_void(r, lo)) {
+				way = i;
+				seen = r;
+			}
+		}
+		if (own)
+			return FS_AGAIN;
+		if (way >= CR_FIRST_SEEN_WAYS)
+			return FS_BUSY;
+		if (__sync_val_compare_and_swap(&g->rec[way], seen, rec) != seen)
+			continue; /* another CPU wrote that way first: look again */
+		for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
+			if (i != way && fs_own(READ_ONCE(g->rec[i]), fp, lo, floor))
+				own = 1;
+		}
+		return own ? FS_AGAIN : FS_NEW;
+	}
+	return FS_BUSY;
+}
+
+/* Raise *floor to cover every live record of this key (fingerprint fp) in its
+ * group; returns the ways that hold one (a live record never changes its way
+ * or value). A global function: the verifier checks it once, not once per
+ * path into it. */
+__noinline __u32 first_seen_charge(struct cr_first_seen *g, __u64 fp, __u64 lo, __u64 *floor)
+{
+	__u32 i, ways = 0;
+
+	if (!g || !floor)
+		return 0;
+	for (i = 0; i < CR_FIRST_SEEN_WAYS; i++) {
+		if (fs_own(READ_ONCE(g->rec[i]), fp, lo, floor))
+			ways |= 1U << i;
+	}
+	return ways;
+}
+
+static __always_inline __u64 first_seen_fp(__u64 h)
+{
+	return cr_test_first_seen_collide ? 1 : (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
+}
+
+/* Give back this CPU's drops of the key in a drop-cache slot to drop_stats,
+ * before the slot goes to another key. */
+static __always_inline void drop_cache_flush(struct cr_drop_cache *e)
+{
+	struct cr_drop_stats *d;
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		d = bpf_map_lookup_elem(&drop_stats, &e->key);
+		if (d) {
+			d->drops += e->drops;
+			if (e->last_drop_ns > d->last_drop_ns)
+				d->last_drop_ns = e->last_drop_ns;
+			return;
+		} else {
+			struct cr_drop_stats v = { .drops = e->drops, .last_drop_ns = e->last_drop_ns };
+
+			if (bpf_map_update_elem(&drop_stats, &e->key, &v, BPF_NOEXIST) != -EEXIST)
+				return;
+		}
+	}
+}
+
+/* A drop decided through the bucket (or without one): count it in the key's
+ * drop-cache slot, and let the slot drop the key's next packets until
+ * `until` (0: no caching, just the count). Returns the key's drops on this CPU. */
+static __always_inline __u64 drop_cache_fill(struct cr_drop_cache *e, const struct cr_bucket_key *key,
+					     __u32 cfg_gen, __u32 rt_gen, __u32 port_slot,
+					     __u64 until, __u64 now)
+{
+	if (!key_equal(&e->key, key)) {
+		if (e->drops)
+			drop_cache_flush(e);
+		e->key = *key;
+		e->drops = 0;
+		e->last_drop_ns = 0;
+	}
+	e->port_slot = port_slot;
+	e->config_gen = cfg_gen;
+	e->routes_gen = rt_gen;
+	e->until_ns = until;
+	e->checked_ns = now;
+	e->last_drop_ns = now;
+	return ++e->drops;
+}
+
+/* When the bucket will next have a token, in ns (rounded down: the entry ends
+ * no later than the bucket would admit). need = tat + T - limit - C > 0 token
+ * units; capped at one token (a lowered burst can leave more, and an earlier
+ * end only means the bucket is read again). */
+static __always_inline __u64 token_due(__u64 tat, __u64 clock, __u64 limit, __u64 period, __u64 now)
+{
+	__u64 need = tat + (__u64)CR_TOKEN - limit - clock;
+
+	if (!bucket_empty(tat, clock, limit))
+		return 0; /* a token is there (lost CAS races): nothing to cache */
+
+	if (need > (__u64)CR_TOKEN)
+		need = (__u64)CR_TOKEN;
+	return now + ((need * period) >> CR_TOKEN_SHIFT);
+}
+
+static __always_inline void emit_event(const struct cr_bucket_key *key, struct cr_bucket *b,
+				       const struct cr_config *cfg, __u64 now, __u64 drops,
+				       struct cr_counters *cnt)
+{
+	__u64 last = READ_ONCE(b->last_event_ns);
+	struct cr_event *ev;
+
+	if (last && now - last < CR_EVENT_INTERVAL_NS)
+		return;
+	if (__sync_val_compare_and_swap(&b->last_event_ns, last, now) != last)
+		return; /* another CPU is logging this key */
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		COUNT(cnt, CR_CNT_EVENTS_LOST);
+		return;
+	}
+	ev->ts_ns = now;
+	ev->src = key->src;
+	ev->dport = key->dport;
+	ev->proto = key->proto;
+	ev->would_drop = cfg->mode == CR_MODE_LOG;
+	ev->rate = cfg->rate[key->proto & 1];
+	ev->burst = cfg->burst;
+	ev->pad = 0;
+	ev->drops = drops;
+	bpf_ringbuf_submit(ev, 0);
 }
 
 /* What the flow table knew of a UDP packet's flow. */
@@ -543,7 +997,7 @@ static __always_inline int udp_established(const struct cr_flow_key *fk,
  * Returns 1 when this packet owns it, 0 when another CPU claimed it first
  * (this packet then belongs to an established flow). */
 static __always_inline int udp_claim(const struct cr_flow_key *fk, const struct flow_seen *seen,
-				     __u64 now)
+				     __u64 now, struct cr_counters *cnt)
 {
 	struct cr_flow fresh = { .last_seen_ns = now };
 	long err;
@@ -554,42 +1008,51 @@ static __always_inline int udp_claim(const struct cr_flow_key *fk, const struct 
 	if (err == -EEXIST)
 		return 0;
 	if (err)
-		count(CR_CNT_FLOW_INSERT_FAIL); /* judged as new all the same */
+		COUNT(cnt, CR_CNT_FLOW_INSERT_FAIL); /* judged as new all the same */
 	return 1;
 }
 
 SEC("xdp")
 int connrate_xdp(struct xdp_md *ctx)
 {
-	struct packet p = {};
+	struct packet p __attribute__((aligned(8))) = {};
+	struct cr_bucket_key key __attribute__((aligned(8)));
 	struct cr_flow_key fk = {};
 	struct flow_seen seen = {};
-	struct cr_bucket_key key;
 	const struct cr_config *cfg;
+	const struct cr_token_clock *tc;
 	struct cr_config_slot *cs;
+	struct cr_counters *cnt;
+	struct cr_drop_cache *e;
 	struct cr_bucket *b;
-	__u32 zero = 0, slot, verdict_cnt;
-	__u64 now, clock, limit, coarse = 0;
-	int res, allowed;
+	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot;
+	__u64 now, coarse = 0, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
+	__u32 ways = 0;
+	int inserted = 0;
+	struct cr_first_seen *g;
+	int res, allowed, block;
 
-	count(CR_CNT_SEEN);
+	cnt = bpf_map_lookup_elem(&counters, &zero);
+	if (!cnt)
+		return XDP_PASS;
+	COUNT(cnt, CR_CNT_SEEN);
 	res = parse(ctx, &p);
 	switch (res) {
 	case PARSE_OK:
 		break;
 	case PARSE_UNPARSABLE:
-		count(CR_CNT_UNPARSABLE);
+		COUNT(cnt, CR_CNT_UNPARSABLE);
 		return XDP_PASS;
 	case PARSE_FRAGMENT:
-		count(CR_CNT_FRAGMENT);
-		count(CR_CNT_NOT_MONITORED);
+		COUNT(cnt, CR_CNT_FRAGMENT);
+		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	case PARSE_EXT_LIMIT:
-		count(CR_CNT_IPV6_EXT_LIMIT);
-		count(CR_CNT_NOT_MONITORED);
+		COUNT(cnt, CR_CNT_IPV6_EXT_LIMIT);
+		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	default:
-		count(CR_CNT_NOT_MONITORED);
+		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
 
@@ -599,24 +1062,26 @@ int connrate_xdp(struct xdp_md *ctx)
 	slot = cs->slot & 1;
 	cfg = bpf_map_lookup_elem(&config, &slot);
 	if (!cfg || !cfg->valid) {
-		count(CR_CNT_NO_CONFIG);
-		count(CR_CNT_NOT_MONITORED);
+		COUNT(cnt, CR_CNT_NO_CONFIG);
+		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
-	if (!cfg->clock[p.proto & 1].period_ns || !port_listed(cfg, p.proto, p.dport) ||
-	    !bpf_map_lookup_elem(&local_addrs, &p.dst)) {
-		count(CR_CNT_NOT_MONITORED);
+	tc = &cfg->clock[p.proto & 1];
+	if (!tc->period_ns || !port_listed(cfg, p.proto, p.dport) || !is_local(&p)) {
+		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
-	count(CR_CNT_MONITORED);
+	COUNT(cnt, CR_CNT_MONITORED);
 
 	/* New or established first: established packets never need the
 	 * exemption lookups, whoever sends them. */
+	block = cfg->mode != CR_MODE_LOG;
 	if (p.proto == CR_PROTO_TCP) {
 		if (!p.tcp_new) {
-			count(CR_CNT_ESTABLISHED);
+			COUNT(cnt, CR_CNT_ESTABLISHED);
 			return XDP_PASS;
 		}
+		coarse = coarse_now_ns();
 	} else {
 		fk.src = p.src;
 		fk.dst = p.dst;
@@ -624,48 +1089,140 @@ int connrate_xdp(struct xdp_md *ctx)
 		fk.dport = p.dport;
 		coarse = coarse_now_ns();
 		if (udp_established(&fk, cfg, coarse, &seen)) {
-			count(CR_CNT_ESTABLISHED);
+			COUNT(cnt, CR_CNT_ESTABLISHED);
 			return XDP_PASS;
 		}
 	}
+
+	/* The drop cache: a key this CPU found over its limit, under this
+	 * configuration and these routes (so not exempt), until its next token.
+	 * A hit writes only this CPU's lines. */
+	bucket_key_of(&p, cfg, &key);
+	h = key_hash(&key);
+	cidx = (__u32)(h >> DROP_CACHE_HASH_SHIFT) & (CR_DROP_CACHE_SLOTS - 1);
+	e = bpf_map_lookup_elem(&drop_cache, &cidx);
+	if (!e)
+		return XDP_PASS;
+	rg = bpf_map_lookup_elem(&routes_gen, &zero);
+	rt_gen = rg ? (__u32)*rg : 0;
+	cfg_gen = (__u32)cfg->generation;
+	if (block && coarse < e->until_ns && (__s64)(coarse - e->checked_ns) < (__s64)CR_CACHE_RECHECK_NS &&
+	    e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key)) {
+		e->drops++;
+		e->last_drop_ns = coarse;
+		COUNT(cnt, CR_CNT_CACHE_DROP);
+		COUNT(cnt, CR_CNT_NEW_DROPPED);
+		count_port(cnt, e->port_slot, CR_CNT_NEW_DROPPED);
+		return XDP_DROP;
+	}
+
 	if (source_exempt(&p, slot, cfg)) {
 		/* An exempt source's UDP flow is recorded: its next packets are established. */
 		if (p.proto == CR_PROTO_UDP)
-			udp_claim(&fk, &seen, coarse);
-		count(CR_CNT_EXEMPT);
+			udp_claim(&fk, &seen, coarse, cnt);
+		COUNT(cnt, CR_CNT_EXEMPT);
 		return XDP_PASS;
 	}
 
-	now = now_ns();
-	bucket_key_of(&p, cfg, &key);
-	clock = token_clock(&cfg->clock[p.proto & 1], now);
 	limit = (__u64)cfg->burst * (__u64)CR_TOKEN;
-	b = bpf_map_lookup_elem(&buckets, &key);
-	if (b && bucket_empty(b, clock, limit)) {
+	/* The bucket map is looked up only for a key whose has_bucket bit is set:
+	 * a spoofed source's first packet costs one cache line (its group), not a
+	 * miss in the bucket map as well. */
+	g = first_seen_group(&key, h);
+	hbit = 1ULL << ((h >> HAS_BUCKET_HASH_SHIFT) & HAS_BUCKET_BIT_MASK);
+	if (g)
+		hb = &g->has_bucket;
+	if (hb && !(READ_ONCE(*hb) & hbit) && tc->period_ns >= COARSE_MIN_PERIOD_NS) {
+		/* No bucket: the first-seen stage decides, on the coarse clock and
+		 * its bound (see first_seen_claim); the precise clock is read only
+		 * if the key goes on to a bucket. */
+		now = coarse;
+		lo = token_clock(tc, coarse);
+		hi = token_clock(tc, coarse + (cr_test_clock ? 0 : COARSE_LAG_MAX_NS));
+		b = NULL;
+	} else {
+		now = now_ns();
+		lo = hi = token_clock(tc, now);
+		b = hb && !(READ_ONCE(*hb) & hbit) ? NULL : bpf_map_lookup_elem(&buckets, &key);
+	}
+	clock = lo;
+	if (b && bucket_empty(READ_ONCE(b->tat), clock, limit)) {
 		/* Over the limit, read-only: nothing to claim or swap (the common
 		 * case under a flood from one source). */
 		allowed = 0;
-		if (p.proto == CR_PROTO_UDP && cfg->mode == CR_MODE_LOG)
-			udp_claim(&fk, &seen, coarse); /* it passes: its flow exists from now on */
+		if (p.proto == CR_PROTO_UDP && !block)
+			udp_claim(&fk, &seen, coarse, cnt); /* it passes: its flow exists from now on */
 	} else {
-		if (p.proto == CR_PROTO_UDP && !udp_claim(&fk, &seen, coarse)) {
-			count(CR_CNT_ESTABLISHED); /* another CPU just opened this flow */
+		if (p.proto == CR_PROTO_UDP && !udp_claim(&fk, &seen, coarse, cnt)) {
+			COUNT(cnt, CR_CNT_ESTABLISHED); /* another CPU just opened this flow */
 			return XDP_PASS;
 		}
-		allowed = bucket_take(&key, &b, clock, limit);
+		if (b) {
+			allowed = bucket_take(&key, &b, clock, limit, 0, &inserted, cnt);
+		} else if ((__u64)CR_TOKEN > limit) {
+			allowed = 0; /* burst 0: nothing is ever allowed */
+		} else {
+			res = g ? first_seen_claim(g, h, lo, hi, &floor) : FS_BUSY;
+			/* Another CPU may be storing this key's bucket right now
+			 * (its group was full). It sets the bit, reads the records,
+			 * inserts, and reads them again; we wrote our record (CAS),
+			 * then read the bit and, if set, look for the bucket. Each
+			 * step after a full barrier, so either it finds our record
+			 * (and charges it) or we find its bucket (and take our token
+			 * there, our record charged as well). */
+			if (res == FS_NEW && hb && (READ_ONCE(*hb) & hbit) &&
+			    bpf_map_lookup_elem(&buckets, &key))
+				res = FS_AGAIN;
+			if (res == FS_NEW) {
+				allowed = 1;
+				COUNT(cnt, CR_CNT_FIRST_SEEN);
+			} else {
+				if (res == FS_BUSY)
+					COUNT(cnt, CR_CNT_FIRST_SEEN_BUSY);
+				if (hb && !(READ_ONCE(*hb) & hbit))
+					__sync_fetch_and_or(hb, hbit);
+				if (g)
+					ways = first_seen_charge(g, first_seen_fp(h), lo, &floor);
+				/* A token from a bucket: exact time, read after the
+				 * records were, so a record seen was written with a
+				 * C1 <= clock; its C1 is then at most clock, which
+				 * keeps the floor exact when the record holds the
+				 * coarse upper bound. */
+				now = now_ns();
+				clock = token_clock(tc, now);
+				if (floor > clock + (__u64)CR_TOKEN)
+					floor = clock + (__u64)CR_TOKEN;
+				allowed = bucket_take(&key, &b, clock, limit, floor, &inserted, cnt);
+				if (inserted && hb && g) {
+					/* read the records again after the insert (the
+					 * fetch_or is the barrier): one written meanwhile
+					 * is a token the new bucket does not hold yet */
+					__sync_fetch_and_or(hb, hbit);
+					if (first_seen_charge(g, first_seen_fp(h), lo, &floor) & ~ways) {
+						b = bpf_map_lookup_elem(&buckets, &key);
+						if (b)
+							__sync_fetch_and_add(&b->tat, (__u64)CR_TOKEN);
+					}
+				}
+			}
+		}
 		/* A dropped first packet does not create the flow. */
-		if (!allowed && p.proto == CR_PROTO_UDP && cfg->mode != CR_MODE_LOG)
+		if (!allowed && p.proto == CR_PROTO_UDP && block)
 			bpf_map_delete_elem(&udp_flows, &fk);
 	}
 
+	pslot = port_slot_of(&p);
 	if (allowed) {
 		verdict_cnt = CR_CNT_NEW_ALLOWED;
 	} else {
+		verdict_cnt = block ? CR_CNT_NEW_DROPPED : CR_CNT_NEW_WOULD_DROP;
+		if (b && block)
+			until = token_due(READ_ONCE(b->tat), clock, limit, tc->period_ns, now);
+		drops = drop_cache_fill(e, &key, cfg_gen, rt_gen, pslot, until, now);
 		if (b)
-			bucket_over(&key, b, cfg, now);
-		verdict_cnt = cfg->mode == CR_MODE_LOG ? CR_CNT_NEW_WOULD_DROP : CR_CNT_NEW_DROPPED;
+			emit_event(&key, b, cfg, now, drops, cnt);
 	}
-	count(verdict_cnt);
-	count_port(&p, verdict_cnt);
+	COUNT(cnt, verdict_cnt);
+	count_port(cnt, pslot, verdict_cnt);
 	return verdict_cnt == CR_CNT_NEW_DROPPED ? XDP_DROP : XDP_PASS;
 }

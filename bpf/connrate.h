@@ -29,13 +29,21 @@ typedef uint64_t __u64;
 #define CR_IPV6_EXT_MAX 6          /* IPv6 extension headers walked */
 #define CR_CAS_RETRIES 8           /* compare-and-swap attempts per packet */
 #define CR_EVENT_INTERVAL_NS (60ULL * CR_NS_PER_SEC) /* one log event per key per minute */
+#define CR_PORTS 65536             /* ports per protocol */
+#define CR_DROP_CACHE_SLOTS 4096   /* per CPU: keys known to be over their limit */
+#define CR_FIRST_SEEN_WAYS 7         /* first-seen records per group (with has_bucket: one cache line) */
+#define CR_FIRST_SEEN_GROUPS (1 << 17) /* groups, half per protocol: 2^20 records */
+#define CR_FIRST_SEEN_CLOCK_BITS 40   /* a record: token clock's low 40 bits, fingerprint above */
+#define CR_CACHE_RECHECK_NS 1000000ULL /* a drop-cache entry re-reads its bucket after 1 ms */
+#define CR_LOCALS_V4 8             /* local addresses checked inline, per family; */
+#define CR_LOCALS_V6 4             /* more than that: the local_addrs hash */
 
 /* Default map sizes; user space may set others before load. */
 #define CR_DEFAULT_BUCKETS (256 * 1024)
 #define CR_DEFAULT_UDP_FLOWS (256 * 1024)
 #define CR_DEFAULT_LOCAL_ADDRS 4096
 #define CR_DEFAULT_PREFIXES 16384
-#define CR_DEFAULT_PORT_STATS 16384
+#define CR_DEFAULT_PORT_STATS 16384 /* (protocol, port) slots */
 #define CR_DEFAULT_EVENT_RING (256 * 1024)
 
 enum cr_proto {
@@ -46,6 +54,7 @@ enum cr_proto {
 
 /* One token in token-clock units (an enum, so user space reads it from BTF). */
 enum cr_token {
+	CR_TOKEN_SHIFT = 20,
 	CR_TOKEN = 1 << 20,
 };
 
@@ -54,7 +63,8 @@ enum cr_mode {
 	CR_MODE_LOG = 1,
 };
 
-/* Global per-CPU counters: index into the `counters` PERCPU_ARRAY. */
+/* Global per-CPU counters: index into struct cr_counters, the one value of the
+ * `counters` PERCPU_ARRAY. */
 enum cr_counter {
 	/* seen = monitored + not_monitored + unparsable;
 	 * monitored = established + exempt + new_allowed + new_dropped + new_would_drop */
@@ -70,11 +80,16 @@ enum cr_counter {
 	CR_CNT_FRAGMENT,          /* non-first IPv4 fragments (also counted not monitored) */
 	CR_CNT_IPV6_EXT_LIMIT,    /* IPv6 extension chain too long (also counted not monitored) */
 	CR_CNT_CAS_EXHAUSTED,     /* bucket update lost CR_CAS_RETRIES races; packet dropped */
-	CR_CNT_BUCKET_INSERT_FAIL,/* bucket map refused a new key; packet passed */
+	CR_CNT_BUCKET_FALLBACK,   /* new key not stored (map refused it): judged by the shared
+				   * fallback bucket of its (protocol, port) */
 	CR_CNT_FLOW_INSERT_FAIL,  /* UDP flow map refused a new flow */
 	CR_CNT_PORT_STATS_FULL,   /* per-port counter map full; totals still counted */
 	CR_CNT_EVENTS_LOST,       /* ring buffer full: a log event was not delivered */
 	CR_CNT_NO_CONFIG,         /* no configuration applied yet; packet passed */
+	CR_CNT_CACHE_DROP,        /* new connections dropped by the per-CPU over-limit cache
+				   * (also counted new_dropped) */
+	CR_CNT_FIRST_SEEN,        /* new keys admitted by a first-seen record, no bucket stored */
+	CR_CNT_FIRST_SEEN_BUSY,   /* first-seen record slot held by another key: bucket map used */
 	CR_CNT_COUNT,
 };
 
@@ -93,12 +108,37 @@ struct cr_bucket_key {
 };
 
 /* GCRA state: `tat` is the theoretical arrival time on the protocol's token
- * clock (below); the rest is for admins. */
+ * clock (below). Shared by every CPU; written only when a token is taken and
+ * (once a minute at most) to claim a log event. Drops are counted per CPU
+ * (struct cr_drop_stats, struct cr_drop_cache), never here. */
 struct cr_bucket {
 	__u64 tat;           /* token-clock units; updated only by compare-and-swap */
-	__u64 drops;         /* atomically incremented */
-	__u64 last_drop_ns;
 	__u64 last_event_ns; /* compare-and-swap: one log event per key per minute */
+};
+
+/* Per-CPU drops of a key (the `drop_stats` LRU_PERCPU_HASH, keyed by
+ * cr_bucket_key): what each CPU's drop cache flushed when it gave the key's
+ * slot to another key. A key's drops are these plus its live cache entries;
+ * user space folds both. */
+struct cr_drop_stats {
+	__u64 drops;
+	__u64 last_drop_ns;
+};
+
+/* One slot of the per-CPU drop cache (`drop_cache`, a PERCPU_ARRAY indexed by
+ * a hash of the key): "this key is over its limit until until_ns", valid only
+ * for the configuration and routes generations it was made under. It can only
+ * drop; every admission goes through the bucket. It also holds this CPU's drops
+ * of the key since it took the slot. */
+struct cr_drop_cache {
+	struct cr_bucket_key key;
+	__u32 port_slot;    /* the key's (protocol, port) slot in port_stats */
+	__u32 config_gen;   /* low 32 bits of cr_config.generation */
+	__u32 routes_gen;   /* low 32 bits of routes_gen[0] */
+	__u64 until_ns;     /* drop while now < until_ns (no token before then) */
+	__u64 checked_ns;   /* when the bucket was last read; re-read after CR_CACHE_RECHECK_NS */
+	__u64 drops;        /* this CPU's drops of key since it took the slot */
+	__u64 last_drop_ns;
 };
 
 /* UDP flow key: the 4-tuple, unmasked. */
@@ -113,7 +153,20 @@ struct cr_flow {
 	__u64 last_seen_ns;
 };
 
-/* Per (protocol, port) counters, a PERCPU_HASH. */
+/* A group of first-seen records (`first_seen`, an ARRAY indexed by a hash of
+ * the key): each record is (fingerprint << CR_FIRST_SEEN_CLOCK_BITS) | the
+ * token clock's low bits when the key took its first token; 0 = empty.
+ * has_bucket has one bit (chosen by the key's hash) set before any key of the
+ * group is given a bucket, never cleared: a key whose bit is clear has no
+ * bucket, and its new connection skips the bucket-map lookup. */
+struct cr_first_seen {
+	__u64 has_bucket;
+	__u64 rec[CR_FIRST_SEEN_WAYS];
+};
+
+/* Per (protocol, port) counters: `port_slots` (a HASH) gives the pair's slot
+ * in `port_stats` (a PERCPU_ARRAY of cr_port_stats); slots are handed out by
+ * the datapath, in order, from `port_slot_next`. */
 struct cr_port_key {
 	__u16 port;
 	__u8 proto; /* enum cr_proto */
@@ -140,16 +193,29 @@ struct cr_lpm_key {
 	__u8 pad[3];
 };
 
-/* A protocol's token clock: C(t) = base_tokens + (t - base_ns) * CR_TOKEN / period_ns,
- * one CR_TOKEN per period. GCRA runs on C instead of on time
- * (tat' = max(tat, C) + CR_TOKEN; allow iff tat' - C <= burst * CR_TOKEN), which
- * is the same at a constant rate and lets a rate change keep every key's
- * tokens: user space rebases the clock (base = C(now)) when the period changes,
- * so C is continuous and never runs backwards. */
+/* A protocol's token clock: C(t) = base_tokens + e * CR_TOKEN / period_ns for
+ * e = t - base_ns, one CR_TOKEN per period, computed without a division:
+ *   q = mul_shift(e, q_mult, q_shift)         ~ e / period, never more
+ *   r = e - q * period   (q corrected up while r >= period, twice at most)
+ *   C = base_tokens + q * CR_TOKEN + mul_shift(r, f_mult, f_shift)
+ * where mul_shift(x, m, s) = (x_hi * m) >> (s - 32) + (x_lo * m) >> s for
+ * x = x_hi * 2^32 + x_lo (no overflow: m < 2^32). User space picks each mult
+ * as floor(ratio * 2^shift) with the largest shift that keeps it below 2^32,
+ * so C is exact at every whole period and at most one unit (2^-20 token)
+ * behind within one — never ahead: stricter, never looser.
+ * GCRA runs on C instead of on time (tat' = max(tat, C) + CR_TOKEN; allow iff
+ * tat' - C <= burst * CR_TOKEN), which is the same at a constant rate and lets
+ * a rate change keep every key's tokens: user space rebases the clock
+ * (base = C(now)) when the period changes, so C is continuous and never runs
+ * backwards. */
 struct cr_token_clock {
 	__u64 base_ns;
 	__u64 base_tokens;
 	__u64 period_ns; /* 60 s / rate; 0 = limit off (the clock stands still) */
+	__u32 q_mult;    /* 1 / period_ns */
+	__u32 q_shift;
+	__u32 f_mult;    /* CR_TOKEN / period_ns */
+	__u32 f_shift;
 };
 
 /* One complete configuration. Two live in `config`; `config_slot` says which is
@@ -174,6 +240,23 @@ struct cr_config_slot {
 	__u32 slot; /* 0 or 1 */
 };
 
+/* The local addresses, checked inline when there are few (`locals`, an ARRAY
+ * of two, double-buffered like the configuration: `locals_slot` says which is
+ * in force). With more than fit, use_map sends the check to `local_addrs`. */
+struct cr_locals {
+	__u32 v4_count;
+	__u32 v6_count;
+	__u32 use_map;
+	__u32 pad;
+	__u32 v4[CR_LOCALS_V4];              /* IPv4, network order */
+	struct cr_addr v6[CR_LOCALS_V6];
+};
+
+/* The global counters of one CPU, indexed by enum cr_counter. */
+struct cr_counters {
+	__u64 n[CR_CNT_COUNT];
+};
+
 /* The ABI fingerprint: user space writes a SHA-256 of every layout and enum in
  * this header (read from BTF) when it creates the maps, and refuses to adopt
  * pinned maps whose fingerprint differs from its own build's. */
@@ -192,7 +275,7 @@ struct cr_event {
 	__u32 rate;          /* connections per minute in force */
 	__u32 burst;
 	__u32 pad;
-	__u64 drops;         /* drops of this key so far */
+	__u64 drops;         /* this CPU's drops of this key while it was in the drop cache */
 };
 
 #endif /* CONNRATE_H */

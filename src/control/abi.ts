@@ -25,11 +25,14 @@ export const COUNTER_NAMES = [
   'fragment',
   'ipv6_ext_limit',
   'cas_exhausted',
-  'bucket_insert_fail',
+  'bucket_fallback',
   'flow_insert_fail',
   'port_stats_full',
   'events_lost',
   'no_config',
+  'cache_drop',
+  'first_seen',
+  'first_seen_busy',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 
@@ -102,6 +105,10 @@ export interface Abi {
   readonly lpmKey: Layout;
   readonly portKey: Layout;
   readonly portStats: Layout;
+  readonly dropStats: Layout;
+  readonly dropCache: Layout;
+  readonly locals: Layout;
+  readonly counterSet: Layout;
   readonly event: Layout;
   /** enum cr_counter: index of each counter in the `counters` map. */
   readonly counters: ReadonlyMap<CounterName, number>;
@@ -109,8 +116,9 @@ export interface Abi {
   readonly mode: Readonly<Record<Mode, number>>;
   readonly tagRoute: number;
   readonly tagBits: number;
-  /** One token in token-clock units. */
+  /** One token in token-clock units (1 << tokenShift). */
   readonly token: bigint;
+  readonly tokenShift: number;
 }
 
 function enumValue(values: ReadonlyMap<string, number>, enumName: string, name: string): number {
@@ -122,6 +130,7 @@ function enumValue(values: ReadonlyMap<string, number>, enumName: string, name: 
 const ABI_STRUCTS = [
   'cr_addr', 'cr_bucket_key', 'cr_bucket', 'cr_flow_key', 'cr_flow', 'cr_port_key', 'cr_port_stats',
   'cr_lpm_key', 'cr_token_clock', 'cr_config', 'cr_config_slot', 'cr_event', 'cr_abi_id',
+  'cr_drop_stats', 'cr_drop_cache', 'cr_locals', 'cr_counters', 'cr_first_seen',
 ] as const;
 const ABI_ENUMS = ['cr_proto', 'cr_mode', 'cr_counter', 'cr_lpm_tag', 'cr_token'] as const;
 
@@ -164,6 +173,10 @@ export function readAbi(obj: BpfObject): Abi {
     lpmKey: layout('cr_lpm_key'),
     portKey: layout('cr_port_key'),
     portStats: layout('cr_port_stats'),
+    dropStats: layout('cr_drop_stats'),
+    dropCache: layout('cr_drop_cache'),
+    locals: layout('cr_locals'),
+    counterSet: layout('cr_counters'),
     event: layout('cr_event'),
     counters,
     proto: { tcp: enumValue(proto, 'cr_proto', 'CR_PROTO_TCP'), udp: enumValue(proto, 'cr_proto', 'CR_PROTO_UDP') },
@@ -171,6 +184,7 @@ export function readAbi(obj: BpfObject): Abi {
     tagRoute: enumValue(tag, 'cr_lpm_tag', 'CR_TAG_ROUTE'),
     tagBits: enumValue(tag, 'cr_lpm_tag', 'CR_TAG_BITS'),
     token: BigInt(enumValue(token, 'cr_token', 'CR_TOKEN')),
+    tokenShift: enumValue(token, 'cr_token', 'CR_TOKEN_SHIFT'),
   };
 }
 
@@ -207,29 +221,74 @@ export function periodNs(rate: number): bigint {
 
 /**
  * A protocol's token clock (struct cr_token_clock): C(t) advances one token
- * every period. Buckets hold times on this clock, so a rate change that rebases
+ * every period, as base_tokens + mul_shift(t − base_ns) (no division in the
+ * datapath). Buckets hold times on this clock, so a rate change that rebases
  * it keeps every key's tokens.
  */
 export interface TokenClock {
   readonly baseNs: bigint;
   readonly baseTokens: bigint;
   readonly periodNs: bigint;
+  /** ~1/period as qMult / 2^qShift (never more). */
+  readonly qMult: number;
+  readonly qShift: number;
+  /** ~token/period as fMult / 2^fShift (never more). */
+  readonly fMult: number;
+  readonly fShift: number;
 }
 
-/** C(now), exactly as the datapath computes it. */
+const U32 = 1n << 32n;
+const U64_MASK = (1n << 64n) - 1n;
+const MAX_SHIFT = 63;
+
+/** mult/2^shift ≈ num/den, never more: the largest shift (≤ 63) with mult < 2^32. */
+function scale(num: bigint, den: bigint): [mult: number, shift: number] {
+  for (let shift = MAX_SHIFT; shift >= 0; shift--) {
+    const mult = (num << BigInt(shift)) / den;
+    if (mult < U32) return [Number(mult), shift];
+  }
+  throw new RangeError(`a token period of ${den} ns is too short for the token clock`);
+}
+
+/** The multipliers of a token clock with this period (struct cr_token_clock). */
+export function clockScale(periodNs: bigint, token: bigint): Pick<TokenClock, 'qMult' | 'qShift' | 'fMult' | 'fShift'> {
+  if (periodNs === 0n) return { qMult: 0, qShift: 0, fMult: 0, fShift: 0 };
+  const [qMult, qShift] = scale(1n, periodNs);
+  const [fMult, fShift] = scale(token, periodNs);
+  return { qMult, qShift, fMult, fShift };
+}
+
+/** (x · mult) >> shift as the datapath computes it: 32-bit halves, 64-bit wrap. */
+function mulShift(x: bigint, mult: number, shift: number): bigint {
+  const m = BigInt(mult);
+  const hi = ((x >> 32n) * m) & U64_MASK;
+  const lo = ((x & (U32 - 1n)) * m) & U64_MASK;
+  const s = BigInt(shift & MAX_SHIFT);
+  if (s >= 32n) return ((hi >> (s - 32n)) + (lo >> s)) & U64_MASK;
+  return (((hi << (32n - s)) & U64_MASK) + (lo >> s)) & U64_MASK;
+}
+
+const CLOCK_CORRECTIONS = 2;
+
+/** C(now), exactly as the datapath computes it (connrate.h, struct cr_token_clock). `token` is a power of two. */
 export function clockAt(c: TokenClock, now: bigint, token: bigint): bigint {
   if (now <= c.baseNs || c.periodNs === 0n) return c.baseTokens;
-  const elapsed = now - c.baseNs;
-  const q = elapsed / c.periodNs;
-  const r = elapsed - q * c.periodNs;
-  return c.baseTokens + q * token + (r * token) / c.periodNs;
+  const e = now - c.baseNs;
+  let q = mulShift(e, c.qMult, c.qShift);
+  let r = (e - q * c.periodNs) & U64_MASK;
+  for (let i = 0; i < CLOCK_CORRECTIONS && r >= c.periodNs; i++) {
+    q++;
+    r -= c.periodNs;
+  }
+  return (c.baseTokens + ((q * token) & U64_MASK) + mulShift(r, c.fMult, c.fShift)) & U64_MASK;
 }
 
 /** The clock to use from `now` on for a new period: unchanged, or rebased so C is continuous. */
 export function rebaseClock(old: TokenClock | undefined, periodNs: bigint, now: bigint, token: bigint): TokenClock {
-  if (!old) return { baseNs: now, baseTokens: 0n, periodNs };
-  if (old.periodNs === periodNs) return old;
-  return { baseNs: now, baseTokens: clockAt(old, now, token), periodNs };
+  const s = clockScale(periodNs, token);
+  if (!old) return { baseNs: now, baseTokens: 0n, periodNs, ...s };
+  if (old.periodNs === periodNs && old.qMult === s.qMult && old.fMult === s.fMult && old.qShift === s.qShift && old.fShift === s.fShift) return old;
+  return { baseNs: now, baseTokens: clockAt(old, now, token), periodNs, ...s };
 }
 
 export type Clocks = Readonly<Record<Proto, TokenClock>>;
@@ -250,6 +309,10 @@ export function encodeConfig(abi: Abi, cfg: DatapathConfig, generation: bigint, 
     writeU64(b, at + C.field('base_ns').offset, clocks[p].baseNs);
     writeU64(b, at + C.field('base_tokens').offset, clocks[p].baseTokens);
     writeU64(b, at + C.field('period_ns').offset, clocks[p].periodNs);
+    writeU32(b, at + C.field('q_mult').offset, clocks[p].qMult);
+    writeU32(b, at + C.field('q_shift').offset, clocks[p].qShift);
+    writeU32(b, at + C.field('f_mult').offset, clocks[p].fMult);
+    writeU32(b, at + C.field('f_shift').offset, clocks[p].fShift);
     writeU32(b, rate.offset + i * 4, lim.rate);
     writeU32(b, allPorts.offset + i * 4, lim.ports.length === 0 ? 1 : 0);
     for (const port of lim.ports) {
@@ -301,6 +364,10 @@ export function decodeConfig(abi: Abi, b: Buffer): AppliedConfig {
       baseNs: readU64(b, at + C.field('base_ns').offset),
       baseTokens: readU64(b, at + C.field('base_tokens').offset),
       periodNs: readU64(b, at + C.field('period_ns').offset),
+      qMult: readU32(b, at + C.field('q_mult').offset),
+      qShift: readU32(b, at + C.field('q_shift').offset),
+      fMult: readU32(b, at + C.field('f_mult').offset),
+      fShift: readU32(b, at + C.field('f_shift').offset),
     };
   };
   const mask = b.subarray(L.field('ipv6_mask').offset, L.field('ipv6_mask').offset + ADDR_LEN);
@@ -333,6 +400,34 @@ export function encodeLpmKey(abi: Abi, tag: number, prefix: string): Buffer {
   return b;
 }
 
+/**
+ * The inline local-address set (struct cr_locals): IPv4 and IPv6 addresses
+ * while each family fits, else use_map (the datapath looks in local_addrs).
+ * `addrs` are 16-byte addresses, IPv4 v4-mapped.
+ */
+export function encodeLocals(abi: Abi, addrs: readonly Buffer[]): Buffer {
+  const L = abi.locals;
+  const b = L.alloc();
+  const v4 = addrs.filter(isV4Mapped);
+  const v6 = addrs.filter((a) => !isV4Mapped(a));
+  const v4Slots = L.field('v4').size / 4;
+  const v6Slots = L.field('v6').size / ADDR_LEN;
+  if (v4.length > v4Slots || v6.length > v6Slots) {
+    writeU32(b, L.field('use_map').offset, 1);
+    return b;
+  }
+  writeU32(b, L.field('v4_count').offset, v4.length);
+  writeU32(b, L.field('v6_count').offset, v6.length);
+  v4.forEach((a, i) => a.copy(b, L.field('v4').offset + i * 4, 12, 16)); // network order, as on the wire
+  v6.forEach((a, i) => a.copy(b, L.field('v6').offset + i * ADDR_LEN));
+  return b;
+}
+
+const V4_MAPPED_PREFIX = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+function isV4Mapped(a: Buffer): boolean {
+  return a.subarray(0, 12).equals(V4_MAPPED_PREFIX);
+}
+
 export interface BucketKey {
   readonly src: string;
   readonly dport: number;
@@ -356,8 +451,6 @@ export function decodeBucketKey(abi: Abi, b: Buffer): BucketKey {
 export interface Bucket {
   /** GCRA theoretical arrival time, on the protocol's token clock. */
   readonly tat: bigint;
-  readonly drops: bigint;
-  readonly lastDropNs: bigint;
   readonly lastEventNs: bigint;
 }
 
@@ -365,10 +458,20 @@ export function decodeBucket(abi: Abi, b: Buffer): Bucket {
   const L = abi.bucket;
   return {
     tat: readU64(b, L.field('tat').offset),
-    drops: readU64(b, L.field('drops').offset),
-    lastDropNs: readU64(b, L.field('last_drop_ns').offset),
     lastEventNs: readU64(b, L.field('last_event_ns').offset),
   };
+}
+
+/** A key's drops, folded over CPUs (struct cr_drop_stats and live cr_drop_cache entries). */
+export interface KeyDrops {
+  readonly drops: bigint;
+  readonly lastDropNs: bigint;
+}
+
+/** Fold one more per-CPU (drops, last drop) into a running total. */
+export function addDrops(into: KeyDrops | undefined, drops: bigint, lastDropNs: bigint): KeyDrops {
+  if (!into) return { drops, lastDropNs };
+  return { drops: into.drops + drops, lastDropNs: lastDropNs > into.lastDropNs ? lastDropNs : into.lastDropNs };
 }
 
 /** Whole tokens a bucket holds when its protocol's clock reads `clock`: burst − ceil((tat − C) / token). */

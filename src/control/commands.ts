@@ -3,11 +3,11 @@
  * detach. Each returns data; the CLI prints it as text or JSON.
  */
 import { rmdirSync } from 'node:fs';
-import { Link, MapBatchCursor, ifIndex, ifName, xdpQuery } from '@xdp-ts/loader';
+import { Link, ifIndex, ifName, xdpQuery } from '@xdp-ts/loader';
 import { Store } from '../config/store.js';
 import { type ExtcValues, diffValues, fromDatapath, resolve } from '../config/variables.js';
 import { ConnrateError, NoDatapathError } from '../errors.js';
-import { COUNTER_NAMES, type CounterName, type Proto, clockAt, decodeBucket, decodeBucketKey, readU64, tokensLeft } from './abi.js';
+import { COUNTER_NAMES, type CounterName, type Proto, clockAt, decodeBucket, decodeBucketKey, tokensLeft } from './abi.js';
 import { Datapath } from './datapath.js';
 import type { PinDir } from './pins.js';
 
@@ -170,56 +170,30 @@ export interface Offender {
 
 const NS_PER_SEC = 1e9;
 
-interface Candidate {
-  readonly drops: bigint;
-  readonly key: Buffer;
-  readonly value: Buffer;
-}
-
 /**
- * Keys with drops, most drops first. One pass over the bucket map in batch
- * blocks, reading only each entry's drop count; only the `limit` winners are
- * copied and decoded.
+ * Keys with drops, most drops first. Drops are counted per CPU (drop_stats and
+ * the CPUs' drop caches); one pass over both folds them per key, and only the
+ * `limit` winners' buckets are read for their tokens.
  */
 export function readTop(dp: Datapath, limit: number): Offender[] {
-  const buckets = dp.map('buckets');
-  const dropsOff = dp.abi.bucket.field('drops').offset;
-  const best: Candidate[] = []; // sorted, most drops first, at most `limit`
-  const cursor = new MapBatchCursor();
-  for (let done = false; !done; ) {
-    const block = buckets.batchLookup(cursor, BATCH);
-    done = block.done;
-    for (let i = 0; i < block.count; i++) {
-      const vOff = i * buckets.valueBufferSize;
-      const drops = readU64(block.values, vOff + dropsOff);
-      if (drops === 0n) continue;
-      if (best.length === limit && drops <= best[best.length - 1]!.drops) continue;
-      const c: Candidate = {
-        drops,
-        key: Buffer.from(block.keys.subarray(i * buckets.keySize, (i + 1) * buckets.keySize)),
-        value: Buffer.from(block.values.subarray(vOff, vOff + buckets.valueBufferSize)),
-      };
-      let at = best.length;
-      while (at > 0 && best[at - 1]!.drops < drops) at--;
-      best.splice(at, 0, c);
-      if (best.length > limit) best.pop();
-    }
-  }
+  const winners = [...dp.keyDrops(BATCH).values()]
+    .sort((a, b) => (b.drops > a.drops ? 1 : b.drops < a.drops ? -1 : a.lastDropNs > b.lastDropNs ? -1 : 1))
+    .slice(0, limit);
   const cfg = dp.appliedConfig();
   const now = dp.now();
-  return best
-    .map((c): Offender => {
-      const b = decodeBucket(dp.abi, c.value);
-      const key = decodeBucketKey(dp.abi, c.key);
-      const clock = cfg ? clockAt(cfg.clocks[key.proto], now, dp.abi.token) : 0n;
-      return {
-        ...key,
-        drops: b.drops,
-        lastDropAgoSec: Math.max(0, Number(now - b.lastDropNs) / NS_PER_SEC),
-        tokens: tokensLeft(b.tat, clock, dp.abi.token, cfg?.burst ?? 0),
-      };
-    })
-    .sort((a, b) => (b.drops > a.drops ? 1 : b.drops < a.drops ? -1 : a.lastDropAgoSec - b.lastDropAgoSec));
+  const buckets = dp.map('buckets');
+  return winners.map((w): Offender => {
+    const key = decodeBucketKey(dp.abi, w.key);
+    const raw = buckets.lookup(w.key);
+    const clock = cfg ? clockAt(cfg.clocks[key.proto], now, dp.abi.token) : 0n;
+    return {
+      ...key,
+      drops: w.drops,
+      lastDropAgoSec: Math.max(0, Number(now - w.lastDropNs) / NS_PER_SEC),
+      // an evicted key starts over with a full bucket
+      tokens: raw ? tokensLeft(decodeBucket(dp.abi, raw).tat, clock, dp.abi.token, cfg?.burst ?? 0) : (cfg?.burst ?? 0),
+    };
+  });
 }
 
 export function top(pins: PinDir, limit: number): Offender[] {

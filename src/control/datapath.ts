@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { BpfError, BpfMap, BpfObject, Program } from '@xdp-ts/loader';
+import { BpfError, BpfMap, BpfObject, MapBatch, MapBatchCursor, Program, numPossibleCpus } from '@xdp-ts/loader';
 import { ConnrateError, EXIT, NoDatapathError } from '../errors.js';
 import type { PinDir } from './pins.js';
 import { addrBytes, prefixText } from './addr.js';
@@ -13,10 +13,14 @@ import {
   type AppliedConfig,
   type CounterName,
   type DatapathConfig,
+  type KeyDrops,
   type PortKey,
   type PortStats,
   abiFingerprint,
+  addDrops,
   decodeConfig,
+  encodeLocals,
+  encodePortKey,
   decodePortKey,
   encodeConfig,
   encodeLpmKey,
@@ -47,19 +51,24 @@ export interface MapSizes {
   readonly eventRing?: number;
 }
 
-const SIZE_TO_MAP: Readonly<Record<keyof MapSizes, string>> = {
-  buckets: 'buckets',
-  udpFlows: 'udp_flows',
-  localAddrs: 'local_addrs',
-  prefixes: 'src_prefixes',
-  portStats: 'port_stats',
-  eventRing: 'events',
+/** The maps each size applies to (drop_stats holds a bucket's per-CPU drops; port_slots indexes port_stats). */
+const SIZE_TO_MAPS: Readonly<Record<keyof MapSizes, readonly string[]>> = {
+  buckets: ['buckets', 'drop_stats'],
+  udpFlows: ['udp_flows'],
+  localAddrs: ['local_addrs'],
+  prefixes: ['src_prefixes'],
+  portStats: ['port_slots', 'port_stats'],
+  eventRing: ['events'],
 };
 
 export interface LoadOptions {
   readonly objectPath?: string;
   /** Read "now" from the test_clock map instead of bpf_ktime_get_ns (tests only). */
   readonly testClock?: boolean;
+  /** Make every bucket insert fail, as a full or refusing map would (tests only). */
+  readonly testInsertFail?: boolean;
+  /** Put every key of a protocol in one first-seen group with one fingerprint (tests only). */
+  readonly testFirstSeenCollide?: boolean;
   readonly sizes?: MapSizes;
   /** Reuse the maps pinned here, or pin them here after load. */
   readonly pins?: PinDir;
@@ -103,9 +112,11 @@ export class Datapath {
     const obj = openObject(op, opts.objectPath ?? defaultObjectPath());
     try {
       if (opts.testClock) obj.setGlobal('cr_test_clock', true);
-      for (const [k, map] of Object.entries(SIZE_TO_MAP) as [keyof MapSizes, string][]) {
+      if (opts.testInsertFail) obj.setGlobal('cr_test_insert_fail', true);
+      if (opts.testFirstSeenCollide) obj.setGlobal('cr_test_first_seen_collide', true);
+      for (const [k, maps] of Object.entries(SIZE_TO_MAPS) as [keyof MapSizes, readonly string[]][]) {
         const n = opts.sizes?.[k];
-        if (n !== undefined) obj.setMaxEntries(map, n);
+        if (n !== undefined) for (const map of maps) obj.setMaxEntries(map, n);
       }
       const fingerprint = abiFingerprint(obj);
       if (opts.pins) {
@@ -244,14 +255,29 @@ export class Datapath {
 
   // ------------------------------------------------------------ addresses and routes
 
-  /** Make the local-address set exactly `addrs`. */
+  /**
+   * Make the local-address set exactly `addrs`: the hash, and the inline copy
+   * the datapath checks when the set is small (written to the idle slot, then
+   * switched to, so a packet sees the old set or the new).
+   */
   setLocalAddresses(addrs: readonly string[]): void {
-    const want = new Map(addrs.map((a) => [addrBytes(a).toString('hex'), addrBytes(a)]));
+    const all = new Map(addrs.map((a) => [addrBytes(a).toString('hex'), addrBytes(a)]));
+    const want = new Map(all);
     const m = this.map('local_addrs');
     for (const key of [...m.keys()]) {
       if (!want.delete(key.toString('hex'))) m.delete(key);
     }
     for (const key of want.values()) m.update(key, LOCAL_PRESENT);
+    const next = this.#localsSlot() ^ 1;
+    this.map('locals').update(slotKey(next), encodeLocals(this.abi, [...all.values()]));
+    const sel = this.abi.configSlot.alloc();
+    writeU32(sel, this.abi.configSlot.field('slot').offset, next);
+    this.map('locals_slot').update(ZERO_KEY, sel);
+  }
+
+  #localsSlot(): number {
+    const v = this.map('locals_slot').lookup(ZERO_KEY);
+    return v ? readU32(v, this.abi.configSlot.field('slot').offset) & 1 : 0;
   }
 
   /** Make the non-default route set exactly `prefixes`. */
@@ -265,6 +291,15 @@ export class Datapath {
       if (!want.delete(key.toString('hex'))) m.delete(key);
     }
     for (const key of want.values()) m.update(key, ROUTE_PRESENT);
+    this.#bumpRoutesGeneration();
+  }
+
+  /** Drop-cache entries made under older routes are void from now on. */
+  #bumpRoutesGeneration(): void {
+    const m = this.map('routes_gen');
+    const v = m.lookup(ZERO_KEY) ?? Buffer.alloc(8);
+    writeU64(v, 0, readU64(v, 0) + 1n);
+    m.update(ZERO_KEY, v);
   }
 
   routes(): string[] {
@@ -303,26 +338,88 @@ export class Datapath {
 
   // ------------------------------------------------------------ counters
 
+  /** The global counters, summed over CPUs (one struct cr_counters per CPU). */
   counters(): Record<CounterName, bigint> {
-    const m = this.map('counters');
+    const perCpu = this.map('counters').lookupPerCpu(ZERO_KEY) ?? [];
+    const base = this.abi.counterSet.field('n').offset;
     const out = {} as Record<CounterName, bigint>;
     for (const [name, index] of this.abi.counters) {
-      const key = Buffer.alloc(4);
-      writeU32(key, 0, index);
-      const perCpu = m.lookupPerCpu(key) ?? [];
-      out[name] = perCpu.reduce((sum, v) => sum + readU64(v, 0), 0n);
+      out[name] = perCpu.reduce((sum, v) => sum + readU64(v, base + index * 8), 0n);
     }
     return out;
   }
 
+  /** Per (protocol, port) counters: port_slots gives each pair's slot in port_stats. */
   portStats(): (PortKey & PortStats)[] {
-    const m = this.map('port_stats');
+    const slots = this.map('port_slots');
+    const stats = this.map('port_stats');
     const out: (PortKey & PortStats)[] = [];
-    for (const key of m.keys()) {
-      const perCpu = m.lookupPerCpu(key);
+    for (const key of slots.keys()) {
+      const slot = slots.lookup(key);
+      const perCpu = slot && stats.lookupPerCpu(slot);
       if (perCpu) out.push({ ...decodePortKey(this.abi, key), ...sumPortStats(this.abi, perCpu) });
     }
     return out.sort((a, b) => a.proto.localeCompare(b.proto) || a.port - b.port);
+  }
+
+  /** One (protocol, port)'s counters on each CPU, or [] before its first new connection. */
+  portStatsPerCpu(k: PortKey): PortStats[] {
+    const slot = this.map('port_slots').lookup(encodePortKey(this.abi, k));
+    const perCpu = slot ? this.map('port_stats').lookupPerCpu(slot) : undefined;
+    return (perCpu ?? []).map((v) => sumPortStats(this.abi, [v]));
+  }
+
+  /**
+   * Every key's drops, folded over CPUs: what the CPUs' drop caches flushed to
+   * drop_stats plus what their live cache entries hold. Keyed by the bucket
+   * key's hex.
+   */
+  keyDrops(batch = 4096): Map<string, { key: Buffer } & KeyDrops> {
+    const out = new Map<string, { key: Buffer } & KeyDrops>();
+    const add = (key: Buffer, drops: bigint, last: bigint): void => {
+      if (drops === 0n) return;
+      const hex = key.toString('hex');
+      const prev = out.get(hex);
+      out.set(hex, { key: prev?.key ?? Buffer.from(key), ...addDrops(prev, drops, last) });
+    };
+    const ncpu = numPossibleCpus();
+    const S = this.abi.dropStats;
+    const stats = this.map('drop_stats');
+    const stride = stats.valueBufferSize / ncpu;
+    for (const block of batches(stats, batch)) {
+      for (let i = 0; i < block.count; i++) {
+        const key = block.keys.subarray(i * stats.keySize, (i + 1) * stats.keySize);
+        for (let cpu = 0; cpu < ncpu; cpu++) {
+          const at = i * stats.valueBufferSize + cpu * stride;
+          add(key, readU64(block.values, at + S.field('drops').offset), readU64(block.values, at + S.field('last_drop_ns').offset));
+        }
+      }
+    }
+    const E = this.abi.dropCache;
+    const cache = this.map('drop_cache');
+    const cstride = cache.valueBufferSize / ncpu;
+    const keyOff = E.field('key').offset;
+    for (const block of batches(cache, batch)) {
+      for (let i = 0; i < block.count; i++) {
+        for (let cpu = 0; cpu < ncpu; cpu++) {
+          const at = i * cache.valueBufferSize + cpu * cstride;
+          const drops = readU64(block.values, at + E.field('drops').offset);
+          if (drops === 0n) continue;
+          add(block.values.subarray(at + keyOff, at + keyOff + this.abi.bucketKey.size), drops, readU64(block.values, at + E.field('last_drop_ns').offset));
+        }
+      }
+    }
+    return out;
+  }
+}
+
+/** Every entry of `map`, `n` at a time, through one batch cursor. */
+function* batches(map: BpfMap, n: number): Generator<MapBatch> {
+  const cursor = new MapBatchCursor();
+  for (let done = false; !done; ) {
+    const block = map.batchLookup(cursor, n);
+    done = block.done;
+    yield block;
   }
 }
 
@@ -361,7 +458,7 @@ function checkFingerprint(op: string, pins: PinDir, fingerprint: Buffer): void {
 }
 
 function sizeOf(sizes: MapSizes | undefined, map: string): number | undefined {
-  const k = (Object.keys(SIZE_TO_MAP) as (keyof MapSizes)[]).find((key) => SIZE_TO_MAP[key] === map);
+  const k = (Object.keys(SIZE_TO_MAPS) as (keyof MapSizes)[]).find((key) => SIZE_TO_MAPS[key].includes(map));
   return k ? sizes?.[k] : undefined;
 }
 

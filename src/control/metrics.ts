@@ -28,7 +28,7 @@ type CounterExport =
   | { readonly metric: 'errors' }
   /** A counter with a metric of its own. */
   | { readonly metric: 'own'; readonly name: string; readonly help: string }
-  /** Not exported: a sum of other series (seen, monitored). */
+  /** Not exported: a sum of other series (seen, monitored), or how the datapath reached a verdict counted there (cache_drop, first_seen, first_seen_busy). */
   | { readonly metric: 'none' };
 
 /**
@@ -49,7 +49,11 @@ export const COUNTER_EXPORT: Readonly<Record<CounterName, CounterExport>> = {
   ipv6_ext_limit: { metric: 'not_monitored_reason' },
   no_config: { metric: 'not_monitored_reason' },
   cas_exhausted: { metric: 'errors' },
-  bucket_insert_fail: { metric: 'errors' },
+  bucket_fallback: {
+    metric: 'own',
+    name: 'connrate_bucket_fallback_total',
+    help: 'New connections whose (source, port, protocol) key could not be stored, judged by the shared fallback bucket of their protocol and port',
+  },
   flow_insert_fail: { metric: 'errors' },
   port_stats_full: { metric: 'errors' },
   events_lost: {
@@ -57,6 +61,9 @@ export const COUNTER_EXPORT: Readonly<Record<CounterName, CounterExport>> = {
     name: 'connrate_events_lost_total',
     help: 'Log events lost because the ring buffer was full (those RATE-LIMIT lines were not written)',
   },
+  cache_drop: { metric: 'none' },
+  first_seen: { metric: 'none' },
+  first_seen_busy: { metric: 'none' },
 };
 
 export interface MetricsSource {
@@ -222,7 +229,7 @@ function register(registry: Registry, src: MetricsSource, stats: () => Stats, po
   });
   new Counter({
     name: 'connrate_errors_total',
-    help: 'Datapath errors by kind: cas_exhausted (a bucket update lost every retry; the packet was dropped), bucket_insert_fail and flow_insert_fail (a map refused a new key), port_stats_full (per-port counters full)',
+    help: 'Datapath errors by kind: cas_exhausted (a bucket update lost every retry; the packet was dropped), flow_insert_fail (the UDP flow map refused a new flow), port_stats_full (per-port counters full)',
     labelNames: ['kind'] as const,
     registers: [registry],
     collect() {

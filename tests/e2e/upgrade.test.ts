@@ -60,7 +60,7 @@ describe('upgrades over pinned state', () => {
 
   it.each([
     ['a field added to the bucket', (h: string) => h.replace('__u64 last_event_ns; /*', '__u64 extra;\n\t__u64 last_event_ns; /*')],
-    ['two bucket fields swapped (same sizes)', (h: string) => h.replace(/(\t__u64 drops;[^\n]*\n)(\t__u64 last_drop_ns;[^\n]*\n)/, '$2$1')],
+    ['two bucket fields swapped (same sizes)', (h: string) => h.replace(/(\t__u64 tat;[^\n]*\n)(\t__u64 last_event_ns;[^\n]*\n)/, '$2$1')],
   ])('an incompatible build (%s) is refused and the running datapath is untouched', async (_what, edit) => {
     const incompatible = variant(edit);
     app.configure({ CONNECTION_RATE_LIMIT_TCP: '20' });

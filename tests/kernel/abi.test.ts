@@ -12,14 +12,21 @@ describe('ABI', () => {
   it('has a counter slot for every named counter and nothing unnamed', () => {
     const dp = Datapath.load({ sizes: { buckets: 1024, udpFlows: 1024 } });
     try {
-      expect(dp.map('counters').maxEntries).toBe(COUNTER_NAMES.length);
+      expect(dp.map('counters').maxEntries).toBe(1); // one struct cr_counters per CPU
+      expect(dp.map('counters').valueSize).toBe(dp.abi.counterSet.size);
+      expect(dp.abi.counterSet.field('n').size).toBe(COUNTER_NAMES.length * 8);
       expect(dp.abi.config.field('ports').size).toBe(PROTOS.length * 65536 / 8);
       expect(dp.map('config').valueSize).toBe(dp.abi.config.size);
       expect(dp.map('buckets').keySize).toBe(dp.abi.bucketKey.size);
       expect(dp.map('buckets').valueSize).toBe(dp.abi.bucket.size);
       expect(dp.map('udp_flows').keySize).toBe(dp.abi.flowKey.size);
       expect(dp.map('src_prefixes').keySize).toBe(dp.abi.lpmKey.size);
-      expect(dp.map('port_stats').keySize).toBe(dp.abi.portKey.size);
+      expect(dp.map('port_slots').keySize).toBe(dp.abi.portKey.size);
+      expect(dp.map('port_stats').valueSize).toBe(dp.abi.portStats.size);
+      expect(dp.map('drop_stats').keySize).toBe(dp.abi.bucketKey.size);
+      expect(dp.map('drop_stats').valueSize).toBe(dp.abi.dropStats.size);
+      expect(dp.map('drop_cache').valueSize).toBe(dp.abi.dropCache.size);
+      expect(dp.map('locals').valueSize).toBe(dp.abi.locals.size);
     } finally {
       dp.close();
     }
@@ -29,6 +36,7 @@ describe('ABI', () => {
     const dp = Datapath.load();
     try {
       expect(dp.map('buckets').maxEntries).toBe(256 * 1024);
+      expect(dp.map('drop_stats').maxEntries).toBe(256 * 1024);
       expect(dp.map('udp_flows').maxEntries).toBe(256 * 1024);
     } finally {
       dp.close();
@@ -36,6 +44,7 @@ describe('ABI', () => {
     const small = Datapath.load({ sizes: { buckets: 2048, udpFlows: 512 } });
     try {
       expect(small.map('buckets').maxEntries).toBe(2048);
+      expect(small.map('drop_stats').maxEntries).toBe(2048);
       expect(small.map('udp_flows').maxEntries).toBe(512);
     } finally {
       small.close();

@@ -7,7 +7,6 @@ import { cpus } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { numPossibleCpus } from '@xdp-ts/loader';
-import { encodePortKey, readU64 } from '../../src/control/abi.js';
 import { frame } from '../helpers/frame.js';
 import { APPLIANCE4, type Bench, openBench } from './harness.js';
 
@@ -36,9 +35,7 @@ async function race(rounds: Buffer[][], repeat: number): Promise<void> {
 
 /** Per-CPU allowed counts of one port's counters. */
 function allowedPerCpu(proto: 'tcp' | 'udp', port: number): bigint[] {
-  const key = encodePortKey(bench.dp.abi, { proto, port });
-  const off = bench.dp.abi.portStats.field('allowed').offset;
-  return (bench.dp.map('port_stats').lookupPerCpu(key) ?? []).map((v) => readU64(v, off));
+  return bench.dp.portStatsPerCpu({ proto, port }).map((s) => s.allowed);
 }
 
 describe('two CPUs at once', () => {

@@ -4,7 +4,7 @@
  */
 import { XDP_ACTION } from '@xdp-ts/loader';
 import type { DatapathConfig } from '../../src/control/abi.js';
-import { Datapath, type MapSizes } from '../../src/control/datapath.js';
+import { Datapath, type LoadOptions, type MapSizes } from '../../src/control/datapath.js';
 import { frame, type FrameSpec } from '../helpers/frame.js';
 
 export const APPLIANCE4 = '198.18.0.1';
@@ -42,8 +42,9 @@ export interface Bench {
   close(): void;
 }
 
-export function openBench(config: Partial<DatapathConfig> = {}, sizes: MapSizes = {}): Bench {
+export function openBench(config: Partial<DatapathConfig> = {}, sizes: MapSizes = {}, load: Pick<LoadOptions, 'testInsertFail' | 'testFirstSeenCollide'> = {}): Bench {
   const dp = Datapath.load({
+    ...load,
     testClock: true,
     sizes: { buckets: 4096, udpFlows: 4096, prefixes: 1024, portStats: 1024, ...sizes },
   });

@@ -1,0 +1,202 @@
+/**
+ * The hot-path mechanisms, each against the exact bucket it stands in for:
+ * the per-CPU drop cache (void after a configuration apply, a route change or
+ * the key's eviction; writes nothing shared), drops counted per CPU and folded
+ * by user space, first-seen records (a collision only charges more), and the
+ * shared fallback bucket when a key cannot be stored.
+ */
+import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BpfMap } from '@xdp-ts/loader';
+import { readStats, readTop } from '../../src/control/commands.js';
+import { ConnrateMetrics } from '../../src/control/metrics.js';
+import { frame } from '../helpers/frame.js';
+import { BASE_CONFIG, type Bench, CLIENT4, CLIENT4B, openBench, syn, udp } from './harness.js';
+
+const WORKER = new URL('../helpers/race-worker.mjs', import.meta.url);
+let bench: Bench;
+afterEach(() => bench?.close());
+
+/** Burst, then one more: the key is over its limit and in this CPU's drop cache. */
+function limit(src: string, port = 443): void {
+  expect(bench.burst(BASE_CONFIG.burst + 1, (i) => syn(src, port, 40000 + i))).toEqual({ pass: BASE_CONFIG.burst, drop: 1 });
+}
+
+function cacheDrops(): bigint {
+  return bench.dp.counters().cache_drop;
+}
+
+describe('the drop cache', () => {
+  it('drops a key over its limit without the bucket, and lets its next token through on time', () => {
+    bench = openBench();
+    limit(CLIENT4);
+    expect(bench.burst(50, (i) => syn(CLIENT4, 443, 41000 + i))).toEqual({ pass: 0, drop: 50 });
+    expect(cacheDrops()).toBe(50n);
+    bench.at(2.999); // one token every 3 s
+    expect(bench.send(syn(CLIENT4, 443, 42000))).toBe('DROP');
+    bench.at(3);
+    expect(bench.send(syn(CLIENT4, 443, 42001))).toBe('PASS');
+    expect(bench.send(syn(CLIENT4, 443, 42002))).toBe('DROP');
+  });
+
+  it('is void after a configuration apply (system update rule): a raised burst admits at once', () => {
+    bench = openBench();
+    limit(CLIENT4);
+    bench.send(syn(CLIENT4, 443, 41000));
+    expect(cacheDrops()).toBe(1n);
+    bench.dp.applyConfig({ ...BASE_CONFIG, burst: BASE_CONFIG.burst + 2 });
+    expect(bench.burst(3, (i) => syn(CLIENT4, 443, 42000 + i))).toEqual({ pass: 2, drop: 1 });
+    expect(cacheDrops()).toBe(1n); // judged by the bucket after the apply
+  });
+
+  it('is void after a route change: a source now behind a non-default route is exempt at once', () => {
+    bench = openBench();
+    limit(CLIENT4);
+    bench.send(syn(CLIENT4, 443, 41000));
+    expect(cacheDrops()).toBe(1n);
+    bench.dp.setRoutes(['198.19.1.0/24']);
+    expect(bench.send(syn(CLIENT4, 443, 42000))).toBe('PASS');
+    expect(bench.dp.counters().exempt).toBe(1n);
+    bench.dp.setRoutes([]);
+    expect(bench.send(syn(CLIENT4, 443, 42001))).toBe('DROP'); // limited again, its bucket kept
+  });
+
+  it('is void once its key is evicted: the key starts over as any evicted key does', () => {
+    const CAPACITY = 2048;
+    const evictAndTry = (evict: boolean): string => {
+      bench = openBench({}, { buckets: CAPACITY });
+      limit(CLIENT4);
+      if (evict) {
+        // sources that come back (three SYNs each) compete with it in the LRU
+        for (let n = 0; n < 8 * CAPACITY; n++) {
+          const s = syn(`198.18.${128 + ((n >> 8) & 0x7f)}.${n & 0xff}`, 443 + (n >> 15), 1000);
+          for (let k = 0; k < 3; k++) bench.send({ ...s, sport: 1000 + k });
+        }
+      }
+      bench.at(0.002); // past the entry's 1 ms re-check, far before the next token
+      const v = bench.send(syn(CLIENT4, 443, 43000));
+      bench.close();
+      return v;
+    };
+    expect(evictAndTry(false)).toBe('DROP');
+    expect(evictAndTry(true)).toBe('PASS');
+  });
+
+  it('writes no shared map on a drop it decides: only per-CPU counters change', () => {
+    bench = openBench();
+    limit(CLIENT4);
+    bench.send(syn(CLIENT4, 443, 41000)); // in the cache now
+    const shared = ['config', 'config_slot', 'locals', 'locals_slot', 'local_addrs', 'src_prefixes', 'routes_gen', 'buckets', 'first_seen', 'fallback', 'udp_flows', 'port_slots', 'port_slot_next', 'events'];
+    const before = shared.map((m) => digest(bench.dp.map(m)));
+    const hits = cacheDrops();
+    expect(bench.burst(1000, (i) => syn(CLIENT4, 443, 42000 + i)).drop).toBe(1000);
+    expect(cacheDrops() - hits).toBe(1000n);
+    expect(shared.map((m) => digest(bench.dp.map(m)))).toEqual(before);
+  });
+});
+
+/** SHA-256 of every (key, value) of a map; '' for a ring buffer (no entries: its position is checked by the events test). */
+function digest(m: BpfMap): string {
+  if (m.type === 27 /* BPF_MAP_TYPE_RINGBUF */) return '';
+  const h = createHash('sha256');
+  for (const key of m.keys()) {
+    h.update(key);
+    h.update(m.lookup(key) ?? Buffer.alloc(0));
+  }
+  return h.digest('hex');
+}
+
+describe('drops per CPU', () => {
+  it('fold into top and stats exactly, also when keys share drop-cache slots', () => {
+    bench = openBench({}, { buckets: 16384 });
+    const SOURCES = 6000; // more than the 4096 slots: keys take each other's slots and flush
+    const src = (n: number): string => `198.18.${128 + (n >> 8)}.${n & 0xff}`;
+    for (let n = 0; n < SOURCES; n++) bench.burst(BASE_CONFIG.burst, (i) => syn(src(n), 443, 40000 + i));
+    for (let round = 0; round < 3; round++) {
+      for (let n = 0; n < SOURCES; n++) expect(bench.send(syn(src(n), 443, 41000 + round))).toBe('DROP');
+    }
+    const top = readTop(bench.dp, 2 * SOURCES);
+    expect(top).toHaveLength(SOURCES);
+    expect(top.every((t) => t.drops === 3n && t.tokens === 0)).toBe(true);
+    const stats = readStats(bench.dp);
+    expect(stats.counters.new_dropped).toBe(BigInt(3 * SOURCES));
+    expect(stats.ports.find((p) => p.port === 443 && p.proto === 'tcp')?.dropped).toBe(BigInt(3 * SOURCES));
+  });
+
+  it('fold exactly when two CPUs drop one key at once', async () => {
+    bench = openBench({ tcp: { rate: 1, ports: [] } });
+    const data = frame(syn(CLIENT4, 443));
+    const REPEAT = 20_000;
+    const barrier = new Int32Array(new SharedArrayBuffer(4));
+    const progId = bench.dp.program.info().id;
+    await Promise.all(
+      [0, 1].map(
+        () =>
+          new Promise<void>((resolve, reject) => {
+            const w = new Worker(WORKER, { workerData: { progId, rounds: [[new Uint8Array(data)]], repeat: REPEAT, barrier } });
+            w.once('message', () => resolve());
+            w.once('error', reject);
+          }),
+      ),
+    );
+    const dropped = BigInt(2 * REPEAT - BASE_CONFIG.burst);
+    const [top] = readTop(bench.dp, 1);
+    expect(top).toMatchObject({ src: CLIENT4, dport: 443, proto: 'tcp', drops: dropped });
+    expect(bench.dp.counters()).toMatchObject({ new_allowed: BigInt(BASE_CONFIG.burst), new_dropped: dropped });
+    const perCpu = bench.dp.portStatsPerCpu({ proto: 'tcp', port: 443 });
+    expect(perCpu.reduce((a, s) => a + s.dropped, 0n)).toBe(dropped);
+    console.log(`drops per CPU: ${perCpu.map((s) => s.dropped).join(' + ')}`);
+  }, 60_000);
+});
+
+describe('first-seen records', () => {
+  it('admit a new key without storing a bucket, and store it on its second packet', () => {
+    bench = openBench();
+    expect(bench.send(syn(CLIENT4, 443))).toBe('PASS');
+    expect(bench.dp.map('buckets').count()).toBe(0);
+    expect(bench.dp.counters().first_seen).toBe(1n);
+    expect(bench.burst(5, (i) => syn(CLIENT4, 443, 40001 + i))).toEqual({ pass: 4, drop: 1 });
+    expect(bench.dp.map('buckets').count()).toBe(1);
+  });
+
+  it('give a key its token back after one token period: a one-packet source is new again', () => {
+    bench = openBench({ burst: 1 });
+    expect(bench.send(syn(CLIENT4, 443, 40000))).toBe('PASS');
+    expect(bench.send(syn(CLIENT4, 443, 40001))).toBe('DROP');
+    bench.at(2.999);
+    expect(bench.send(syn(CLIENT4, 443, 40002))).toBe('DROP');
+    bench.at(3);
+    expect(bench.send(syn(CLIENT4, 443, 40003))).toBe('PASS');
+    expect(bench.dp.counters().first_seen).toBe(2n);
+  });
+
+  it('only ever charge more on a collision: keys sharing a record share its token', () => {
+    // every key in one group with one fingerprint: B's first packet finds A's record
+    bench = openBench({}, {}, { testFirstSeenCollide: true });
+    expect(bench.send(syn(CLIENT4, 443))).toBe('PASS'); // A: a first-seen record
+    const b = bench.burst(10, (i) => syn(CLIENT4B, 443, 40000 + i));
+    expect(b).toEqual({ pass: BASE_CONFIG.burst - 1, drop: 10 - (BASE_CONFIG.burst - 1) }); // charged A's token
+    const a = bench.burst(10, (i) => syn(CLIENT4, 443, 41000 + i));
+    expect(a.pass).toBe(BASE_CONFIG.burst - 1); // A: exactly its burst in all
+    // UDP records live apart from TCP ones
+    expect(bench.send(udp(CLIENT4, 1194))).toBe('PASS');
+  });
+});
+
+describe('a key that cannot be stored', () => {
+  it('is judged by its (protocol, port) fallback bucket: bounded, counted, and a metric', async () => {
+    bench = openBench({}, {}, { testInsertFail: true });
+    expect(bench.burst(20, (i) => syn(CLIENT4, 443, 40000 + i))).toEqual({ pass: BASE_CONFIG.burst, drop: 15 });
+    // a second source on the port: its first-seen token, then the shared bucket, already empty
+    expect(bench.burst(20, (i) => syn(CLIENT4B, 443, 40000 + i))).toEqual({ pass: 1, drop: 19 });
+    // another port has its own fallback bucket
+    expect(bench.burst(20, (i) => syn(CLIENT4B, 22, 40000 + i)).pass).toBe(BASE_CONFIG.burst);
+    expect(bench.dp.map('buckets').count()).toBe(0);
+    const c = bench.dp.counters();
+    expect(c.bucket_fallback).toBe(3n * 19n);
+    expect(c.new_allowed).toBe(BigInt(2 * BASE_CONFIG.burst + 1));
+    const text = await new ConnrateMetrics({ dp: bench.dp, attachments: () => [] }).scrape();
+    expect(text).toMatch(/^connrate_bucket_fallback_total 57$/m);
+  });
+});
