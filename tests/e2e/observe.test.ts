@@ -88,7 +88,8 @@ describe('a scripted scene', () => {
     const results = m.body.split('\n').filter((l) => l.startsWith('connrate_packets_total{')).map((l) => /result="(\w+)"/.exec(l)?.[1]);
     expect(results.sort()).toEqual(['established', 'exempt', 'new_allowed', 'new_dropped', 'new_would_drop', 'not_monitored', 'unparsable']);
     expect(results.reduce((sum, r) => sum + metric(m.body, 'connrate_packets_total', { result: r! })!, 0)).toBeGreaterThanOrEqual(c.seen!);
-    for (const kind of ['cas_exhausted', 'bucket_insert_fail', 'flow_insert_fail', 'port_stats_full']) expect(metric(m.body, 'connrate_errors_total', { kind })).toBe(0);
+    for (const kind of ['cas_exhausted', 'flow_insert_fail', 'port_stats_full']) expect(metric(m.body, 'connrate_errors_total', { kind })).toBe(0);
+    expect(metric(m.body, 'connrate_bucket_fallback_total', {})).toBe(0);
     expect(metric(m.body, 'connrate_events_lost_total', {})).toBe(0);
     expect(m.body).toMatch(/^connrate_build_info\{version="\d+\.\d+\.\d+[^"]*",abi="[0-9a-f]{12}",node="\d+\.\d+\.\d+"\} 1$/m);
     expect(metric(m.body, 'connrate_config_generation', {})).toBe(1);

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BpfMap } from '@xdp-ts/loader';
+import { BpfMap, numPossibleCpus } from '@xdp-ts/loader';
 import { readStats, readTop } from '../../src/control/commands.js';
 import { ConnrateMetrics } from '../../src/control/metrics.js';
 import { frame } from '../helpers/frame.js';
@@ -91,7 +91,9 @@ describe('the drop cache', () => {
     const before = shared.map((m) => digest(bench.dp.map(m)));
     const hits = cacheDrops();
     expect(bench.burst(1000, (i) => syn(CLIENT4, 443, 42000 + i)).drop).toBe(1000);
-    expect(cacheDrops() - hits).toBe(1000n);
+    // The cache is per CPU: were the test thread moved to another CPU mid-burst, that
+    // CPU's first packet is judged from the bucket (read only) and cached there.
+    expect(cacheDrops() - hits).toBeGreaterThanOrEqual(1000n - BigInt(numPossibleCpus() - 1));
     expect(shared.map((m) => digest(bench.dp.map(m)))).toEqual(before);
   });
 });
