@@ -21,7 +21,8 @@
 import type { Etcd3, IKeyValue, Lease, Watcher } from 'etcd3';
 import { canonicalValue } from '../src/config/variables.js';
 import { InvalidValueError } from '../src/errors.js';
-import { DEFAULT_LEASE_TTL_SEC, writeReport } from '../src/fleet/agent.js';
+import { writeReport } from '../src/fleet/agent.js';
+import { DEFAULT_LEASE_TTL_SEC } from '../src/fleet/keys.js';
 import { LOG_SLACK } from '../src/fleet/controller.js';
 import { type ApplianceDoc, type DesiredDoc, type LogEntry, type StatusDoc, Keys, LOG_KEEP, encode, parseDesired, parseStatus } from '../src/fleet/keys.js';
 import type { EtcdCluster } from '../tests/helpers/etcd.js';

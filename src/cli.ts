@@ -19,10 +19,7 @@ import { extcTable, table } from './control/table.js';
 import { ConnrateError, EXIT, InvalidValueError } from './errors.js';
 import { version } from './version.js';
 import type { Etcd3 } from 'etcd3';
-import { applianceSet, appliances, profileDelete, profileList, profileSet, publicationLog } from './fleet/commands.js';
-import { Controller } from './fleet/controller.js';
-import { connect, DEFAULT_LEASE_TTL_SEC, etcdFailure, etcdSettings } from './fleet/etcd.js';
-import { Keys, isName } from './fleet/keys.js';
+import { DEFAULT_LEASE_TTL_SEC, Keys, isName } from './fleet/keys.js';
 
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
 /** Smallest map a daemon accepts: below this an LRU map evicts constantly. */
@@ -143,14 +140,22 @@ const err = (s: string): void => void process.stderr.write(`connrate: ${s}\n`);
 /** An ISO time as the fleet tables print it: 2026-01-31 12:00:00.000 (UTC). */
 const tableTime = (iso: string): string => iso.replace('T', ' ').replace('Z', '');
 
+/** The fleet's etcd modules (etcd3 and gRPC), loaded only by the commands that talk to etcd. */
+async function fleetModules() {
+  const [commands, controller, etcd] = await Promise.all([import('./fleet/commands.js'), import('./fleet/controller.js'), import('./fleet/etcd.js')]);
+  return { ...commands, ...controller, ...etcd };
+}
+type FleetModules = Awaited<ReturnType<typeof fleetModules>>;
+
 /** Run `fn` with an etcd client from the environment; etcd failures become exit 1. */
-async function withEtcd<T>(op: string, fn: (c: Etcd3, k: Keys) => Promise<T>): Promise<T> {
+async function withEtcd<T>(op: string, fn: (c: Etcd3, k: Keys, f: FleetModules) => Promise<T>): Promise<T> {
+  const f = await fleetModules();
   const k = new Keys();
-  const c = connect();
+  const c = f.connect();
   try {
-    return await fn(c, k);
+    return await fn(c, k, f);
   } catch (e) {
-    throw etcdFailure(op, e);
+    throw f.etcdFailure(op, e);
   } finally {
     c.close();
   }
@@ -184,8 +189,8 @@ Environment:
     .option('--appliance <id>', 'apply to this appliance (repeatable)', collect)
     .option('--comment <text>', 'a comment')
     .action(async (name: string, assignments: string[], o: { priority?: number; tag?: string[]; appliance?: string[]; comment?: string }) => {
-      const r = await withEtcd('fleet profile set', (c, k) =>
-        profileSet(c, k, name, { assignments, ...(o.priority !== undefined ? { priority: o.priority } : {}), ...(o.tag ? { tags: o.tag } : {}), ...(o.appliance ? { appliances: o.appliance } : {}), ...(o.comment !== undefined ? { comment: o.comment } : {}) }));
+      const r = await withEtcd('fleet profile set', (c, k, f) =>
+        f.profileSet(c, k, name, { assignments, ...(o.priority !== undefined ? { priority: o.priority } : {}), ...(o.tag ? { tags: o.tag } : {}), ...(o.appliance ? { appliances: o.appliance } : {}), ...(o.comment !== undefined ? { comment: o.comment } : {}) }));
       const p = r.profile;
       out(`profile ${p.name} ${r.created ? 'created' : 'updated'}: priority ${p.priority}; tags ${p.tags.join(', ') || '-'}; appliances ${p.appliances.join(', ') || '-'}`);
       for (const [n, v] of Object.entries(p.values)) out(`  ${n} = ${v}`);
@@ -195,7 +200,7 @@ Environment:
     .description('delete a profile')
     .argument('<name>', 'profile name')
     .action(async (name: string) => {
-      await withEtcd('fleet profile delete', (c, k) => profileDelete(c, k, name));
+      await withEtcd('fleet profile delete', (c, k, f) => f.profileDelete(c, k, name));
       out(`profile ${name} deleted`);
     });
   profile
@@ -203,7 +208,7 @@ Environment:
     .description('every profile, highest priority first')
     .option('--json', 'JSON output')
     .action(async (o: { json?: boolean }) => {
-      const ps = await withEtcd('fleet profile list', (c, k) => profileList(c, k, err));
+      const ps = await withEtcd('fleet profile list', (c, k, f) => f.profileList(c, k, err));
       if (o.json) return out(json(ps));
       if (ps.length === 0) return out('no profile');
       out(table([{ header: 'profile' }, { header: 'priority', align: 'right' }, { header: 'tags' }, { header: 'appliances' }, { header: 'values' }, { header: 'comment' }],
@@ -220,7 +225,7 @@ Environment:
     .option('--cluster <id>', 'HA cluster ID ("" for none)')
     .option('--new-password', 'give an existing etcd user a new password')
     .action(async (id: string, o: { tag?: string[]; cluster?: string; newPassword?: boolean }) => {
-      const r = await withEtcd('fleet appliance set', (c, k) => applianceSet(c, k, id, { ...(o.tag ? { tags: o.tag } : {}), ...(o.cluster !== undefined ? { cluster: o.cluster } : {}), newPassword: !!o.newPassword }));
+      const r = await withEtcd('fleet appliance set', (c, k, f) => f.applianceSet(c, k, id, { ...(o.tag ? { tags: o.tag } : {}), ...(o.cluster !== undefined ? { cluster: o.cluster } : {}), newPassword: !!o.newPassword }));
       const a = r.appliance;
       out(`appliance ${a.id}: tags ${['all', ...a.tags].join(', ')}; cluster ${a.cluster ?? '-'}`);
       const cr = r.credentials;
@@ -240,7 +245,7 @@ Environment:
     .description('every appliance: tags, cluster, online, desired and confirmed generation, last seen')
     .option('--json', 'JSON output')
     .action(async (o: { json?: boolean }) => {
-      const rows = await withEtcd('fleet appliances', (c, k) => appliances(c, k, err));
+      const rows = await withEtcd('fleet appliances', (c, k, f) => f.appliances(c, k, err));
       if (o.json) return out(json(rows));
       if (rows.length === 0) return out('no appliance');
       out(table([{ header: 'appliance' }, { header: 'tags' }, { header: 'cluster' }, { header: 'online' }, { header: 'desired', align: 'right' }, { header: 'confirmed', align: 'right' }, { header: 'last seen' }],
@@ -254,7 +259,7 @@ Environment:
     .option('--profile <name>', 'only the appliances this profile applies to')
     .option('--json', 'JSON output')
     .action(async (o: { appliance?: string; profile?: string; json?: boolean }) => {
-      const rows = await withEtcd('fleet status', (c, k) => publicationLog(c, k, { ...(o.appliance !== undefined ? { appliance: o.appliance } : {}), ...(o.profile !== undefined ? { profile: o.profile } : {}) }, err));
+      const rows = await withEtcd('fleet status', (c, k, f) => f.publicationLog(c, k, { ...(o.appliance !== undefined ? { appliance: o.appliance } : {}), ...(o.profile !== undefined ? { profile: o.profile } : {}) }, err));
       if (o.json) return out(json(rows));
       if (rows.length === 0) return out('no publication yet');
       out(table([{ header: 'time' }, { header: 'type' }, { header: 'appliance' }, { header: 'direction' }, { header: 'status' }, { header: 'generation', align: 'right' }, { header: 'info' }],
@@ -265,9 +270,10 @@ Environment:
     .command('controller')
     .description('the fleet controller, in the foreground: publishes each appliance\'s configuration')
     .action(async () => {
+      const f = await fleetModules();
       const k = new Keys();
-      const settings = etcdSettings(); // a bad CONNRATE_ETCD* is refused before anything starts
-      const ctl = new Controller({ connect: () => connect(settings), keys: k, info: out });
+      const settings = f.etcdSettings(); // a bad CONNRATE_ETCD* is refused before anything starts
+      const ctl = new f.Controller({ connect: () => f.connect(settings), keys: k, info: out });
       out(`connrate fleet controller: watching ${k.prefix} on ${process.env.CONNRATE_ETCD || 'http://127.0.0.1:2379'}`);
       const stop = (sig: string): void => {
         out(`connrate fleet controller: ${sig}: stopping`);
@@ -411,7 +417,8 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
   ).action(async (o: { interface?: string[]; xdpMode: XdpModeChoice; metrics: string; metricsTopPorts: number; buckets?: number; udpFlows?: number; fleet?: string; fleetLeaseTtl?: number }) => {
     const listen = parseListen(o.metrics); // refuse a bad value before touching anything
     if (o.fleet !== undefined && !isName(o.fleet)) throw new InvalidValueError('run', `--fleet: appliance ID ${JSON.stringify(o.fleet)} is not allowed; expected 1 to 63 letters, digits, ".", "_" or "-"`);
-    const fleetSettings = o.fleet !== undefined ? etcdSettings() : undefined; // a bad CONNRATE_ETCD* is refused before anything starts
+    const fleet = o.fleet !== undefined ? await fleetModules() : undefined;
+    const fleetSettings = fleet?.etcdSettings(); // a bad CONNRATE_ETCD* is refused before anything starts
     const m = await datapathModules('run');
     const sizes = { ...(o.buckets ? { buckets: o.buckets } : {}), ...(o.udpFlows ? { udpFlows: o.udpFlows } : {}) };
     const d = m.Daemon.start({ interfaces: o.interface ?? [], xdpMode: o.xdpMode, pins: new m.PinDir(), store: store(), sizes });
@@ -423,8 +430,8 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or bad value (nothing changed), 3 
         throw err;
       }
     }
-    const agent = fleetSettings
-      ? new (await import('./fleet/agent.js')).Agent({ id: o.fleet!, connect: () => connect(fleetSettings), keys: new Keys(), store: store(), pins: new m.PinDir(), info: out, ...(o.fleetLeaseTtl ? { leaseTtlSec: o.fleetLeaseTtl } : {}) })
+    const agent = fleet && fleetSettings
+      ? new (await import('./fleet/agent.js')).Agent({ id: o.fleet!, connect: () => fleet.connect(fleetSettings), keys: new Keys(), store: store(), pins: new m.PinDir(), info: out, ...(o.fleetLeaseTtl ? { leaseTtlSec: o.fleetLeaseTtl } : {}) })
       : undefined;
     const running = `running on ${d.attachments.map((a) => `${a.ifname} (${a.mode})`).join(', ') || 'no interface yet'}${agent ? `; fleet agent of appliance ${agent.id}` : ''}`;
     out(`connrate: ${running}`);

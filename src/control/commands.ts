@@ -7,7 +7,7 @@ import { Link, ifIndex, ifName, xdpQuery } from '@xdp-ts/loader';
 import { Store } from '../config/store.js';
 import { type ExtcValues, diffValues, fromDatapath, resolve } from '../config/variables.js';
 import { ConnrateError, NoDatapathError } from '../errors.js';
-import { COUNTER_NAMES, type CounterName, type Proto, clockAt, decodeBucket, decodeBucketKey, tokensLeft } from './abi.js';
+import { COUNTER_NAMES, type CounterName, type KeyDrops, type Proto, clockAt, decodeBucket, decodeBucketKey, tokensLeft } from './abi.js';
 import { Datapath } from './datapath.js';
 import type { PinDir } from './pins.js';
 
@@ -171,14 +171,21 @@ export interface Offender {
 const NS_PER_SEC = 1e9;
 
 /**
- * Keys with drops, most drops first. Drops are counted per CPU (drop_stats and
- * the CPUs' drop caches); one pass over both folds them per key, and only the
- * `limit` winners' buckets are read for their tokens.
+ * Keys with drops, most drops first (the latest drop first among equals).
+ * Drops are counted per CPU (drop_stats and the CPUs' drop caches); one pass
+ * folds them per key and keeps only the `limit` best, whose buckets alone are
+ * read for their tokens.
  */
 export function readTop(dp: Datapath, limit: number): Offender[] {
-  const winners = [...dp.keyDrops(BATCH).values()]
-    .sort((a, b) => (b.drops > a.drops ? 1 : b.drops < a.drops ? -1 : a.lastDropNs > b.lastDropNs ? -1 : 1))
-    .slice(0, limit);
+  const winners: ({ key: Buffer } & KeyDrops)[] = []; // sorted, best first, at most `limit`
+  const beats = (drops: bigint, lastDropNs: bigint, w: KeyDrops): boolean => drops > w.drops || (drops === w.drops && lastDropNs > w.lastDropNs);
+  dp.forEachKeyDrops((key, drops, lastDropNs) => {
+    if (winners.length === limit && !beats(drops, lastDropNs, winners[winners.length - 1]!)) return;
+    let at = winners.length;
+    while (at > 0 && beats(drops, lastDropNs, winners[at - 1]!)) at--;
+    winners.splice(at, 0, { key: Buffer.from(key), drops, lastDropNs });
+    if (winners.length > limit) winners.pop();
+  }, BATCH);
   const cfg = dp.appliedConfig();
   const now = dp.now();
   const buckets = dp.map('buckets');

@@ -370,31 +370,14 @@ export class Datapath {
   }
 
   /**
-   * Every key's drops, folded over CPUs: what the CPUs' drop caches flushed to
-   * drop_stats plus what their live cache entries hold. Keyed by the bucket
-   * key's hex.
+   * Every key's drops, folded over CPUs, handed to `visit` once per key with
+   * drops: what the CPUs' drop caches flushed to drop_stats plus what their live
+   * cache entries hold. `key` may be a view into a batch buffer: copy what you keep.
    */
-  keyDrops(batch = 4096): Map<string, { key: Buffer } & KeyDrops> {
-    const out = new Map<string, { key: Buffer } & KeyDrops>();
-    const add = (key: Buffer, drops: bigint, last: bigint): void => {
-      if (drops === 0n) return;
-      const hex = key.toString('hex');
-      const prev = out.get(hex);
-      out.set(hex, { key: prev?.key ?? Buffer.from(key), ...addDrops(prev, drops, last) });
-    };
+  forEachKeyDrops(visit: (key: Buffer, drops: bigint, lastDropNs: bigint) => void, batch = 4096): void {
     const ncpu = numPossibleCpus();
-    const S = this.abi.dropStats;
-    const stats = this.map('drop_stats');
-    const stride = stats.valueBufferSize / ncpu;
-    for (const block of batches(stats, batch)) {
-      for (let i = 0; i < block.count; i++) {
-        const key = block.keys.subarray(i * stats.keySize, (i + 1) * stats.keySize);
-        for (let cpu = 0; cpu < ncpu; cpu++) {
-          const at = i * stats.valueBufferSize + cpu * stride;
-          add(key, readU64(block.values, at + S.field('drops').offset), readU64(block.values, at + S.field('last_drop_ns').offset));
-        }
-      }
-    }
+    // The live cache entries first: at most slots × CPUs, keyed by the key's bytes.
+    const live = new Map<string, { key: Buffer } & KeyDrops>();
     const E = this.abi.dropCache;
     const cache = this.map('drop_cache');
     const cstride = cache.valueBufferSize / ncpu;
@@ -405,11 +388,42 @@ export class Datapath {
           const at = i * cache.valueBufferSize + cpu * cstride;
           const drops = readU64(block.values, at + E.field('drops').offset);
           if (drops === 0n) continue;
-          add(block.values.subarray(at + keyOff, at + keyOff + this.abi.bucketKey.size), drops, readU64(block.values, at + E.field('last_drop_ns').offset));
+          const key = block.values.subarray(at + keyOff, at + keyOff + this.abi.bucketKey.size);
+          const id = key.toString('latin1');
+          const prev = live.get(id);
+          live.set(id, { key: prev?.key ?? Buffer.from(key), ...addDrops(prev, drops, readU64(block.values, at + E.field('last_drop_ns').offset)) });
         }
       }
     }
-    return out;
+    const S = this.abi.dropStats;
+    const dropsOff = S.field('drops').offset;
+    const lastOff = S.field('last_drop_ns').offset;
+    const stats = this.map('drop_stats');
+    const stride = stats.valueBufferSize / ncpu;
+    for (const block of batches(stats, batch)) {
+      for (let i = 0; i < block.count; i++) {
+        const key = block.keys.subarray(i * stats.keySize, (i + 1) * stats.keySize);
+        let drops = 0n;
+        let last = 0n;
+        for (let cpu = 0; cpu < ncpu; cpu++) {
+          const at = i * stats.valueBufferSize + cpu * stride;
+          drops += readU64(block.values, at + dropsOff);
+          const t = readU64(block.values, at + lastOff);
+          if (t > last) last = t;
+        }
+        if (live.size) {
+          const id = key.toString('latin1');
+          const l = live.get(id);
+          if (l) {
+            drops += l.drops;
+            if (l.lastDropNs > last) last = l.lastDropNs;
+            live.delete(id);
+          }
+        }
+        if (drops > 0n) visit(key, drops, last);
+      }
+    }
+    for (const l of live.values()) visit(l.key, l.drops, l.lastDropNs);
   }
 }
 

@@ -22,10 +22,8 @@ import { Datapath } from '../control/datapath.js';
 import type { PinDir } from '../control/pins.js';
 import { ConnrateError, InvalidValueError } from '../errors.js';
 import { LOG_SLACK, trimLog } from './controller.js';
-import { Connection, DEFAULT_LEASE_TTL_SEC, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
-
-export { DEFAULT_LEASE_TTL_SEC };
-import { type DesiredDoc, type LogEntry, type StatusDoc, FleetDataError, Keys, LOG_KEEP, encode, logSeq, parseDesired, parseStatus } from './keys.js';
+import { Connection, cancelWatcher, createWatcher, watchEnd } from './etcd.js';
+import { DEFAULT_LEASE_TTL_SEC, type DesiredDoc, type LogEntry, type StatusDoc, FleetDataError, Keys, LOG_KEEP, encode, logSeq, parseDesired, parseStatus } from './keys.js';
 
 const RETRY_MS = 500;
 const MAX_RETRY_MS = 5_000;

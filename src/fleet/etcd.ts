@@ -11,8 +11,6 @@ import { Etcd3, type IOptions, type WatchBuilder, type Watcher } from 'etcd3';
 import { ConnrateError, EXIT } from '../errors.js';
 
 export const DEFAULT_ENDPOINT = 'http://127.0.0.1:2379';
-/** The appliance agent's presence lease, in seconds: offline this long after its last keep-alive. */
-export const DEFAULT_LEASE_TTL_SEC = 10;
 
 
 export interface EtcdSettings {

@@ -24,6 +24,9 @@
  */
 import { ConnrateError, EXIT } from '../errors.js';
 
+/** The appliance agent's presence lease, in seconds: offline this long after its last keep-alive. */
+export const DEFAULT_LEASE_TTL_SEC = 10;
+
 export const DEFAULT_PREFIX = '/connrate/';
 /** Every appliance carries this tag. */
 export const TAG_ALL = 'all';
