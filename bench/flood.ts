@@ -1,5 +1,5 @@
 /**
- * A spoofed flood (issue 6): at least 10M distinct IPv6 sources (random /64s of
+ * A spoofed flood: at least 10M distinct IPv6 sources (random /64s of
  * 2001:db8::/32) through the live-frames generator into connrate on the
  * bench topology. While it runs — the flood on one CPU, connrate's receive
  * path on the other — a legitimate source must still get exactly its burst

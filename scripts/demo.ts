@@ -30,7 +30,7 @@ async function main(): Promise<void> {
     step(`testbed: appliance ${tb.appliance4} (netns ${tb.app}), Internet side (netns ${tb.net}), internal network ${tb.internalPrefix4}`);
     servers = await tb.startServers({ tcp: [443, 11115], udp: [1194] });
 
-    step('configure: the seed example — TCP 20/min on [ 443 11115 ], UDP 20/min on every port');
+    step('configure: the documented example — TCP 20/min on [ 443 11115 ], UDP 20/min on every port');
     for (const [k, v] of [
       ['CONNECTION_RATE_LIMIT_TCP', '20'],
       ['CONNECTION_RATE_LIMIT_TCP_PORTS', '[ 443 11115 ]'],

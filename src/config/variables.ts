@@ -1,5 +1,5 @@
 /**
- * The extc variables of SPEC §3: parse, validate, print canonically, defaults,
+ * The extc variables: parse, validate, print canonically, defaults,
  * and their meaning for the datapath.
  */
 import type { DatapathConfig } from '../control/abi.js';

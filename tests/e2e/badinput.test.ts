@@ -1,5 +1,5 @@
 /**
- * Bad input everywhere (issue 6): every refusal names the problem, exits with
+ * Bad input everywhere: every refusal names the problem, exits with
  * its documented status, prints no stack trace, and leaves the store and the
  * running datapath exactly as they were. Plus the security basics.
  */

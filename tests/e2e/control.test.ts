@@ -1,5 +1,5 @@
 /**
- * The control plane end to end (SPEC §3–4): the real daemon on the testbed,
+ * The control plane end to end: the real daemon on the testbed,
  * real TCP/UDP clients on the Internet side, every CLI command in its own
  * `ip netns exec`.
  */

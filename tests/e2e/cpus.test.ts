@@ -1,5 +1,5 @@
 /**
- * Exact on every CPU, on the wire (issue 6): on the testbed's veth with two
+ * Exact on every CPU, on the wire: on the testbed's veth with two
  * queues, two senders pinned to two CPUs open new UDP flows from one source to
  * one port at the same instant; exactly the burst is admitted, every round.
  */

@@ -1,5 +1,5 @@
 /**
- * Crashes (issue 6): kill -9 of the daemon at random moments under traffic
+ * Crashes: kill -9 of the daemon at random moments under traffic
  * leaves the limit enforced and loses no counter; each restart adopts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -1,5 +1,5 @@
 /**
- * What admins see (SPEC §5), end to end: counters, metrics and log lines equal
+ * What admins see, end to end: counters, metrics and log lines equal
  * the exact traffic of a scripted scene; top stays ordered under traffic.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

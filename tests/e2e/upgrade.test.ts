@@ -1,5 +1,5 @@
 /**
- * Crashes and upgrades (issue 6): a newer build over pinned state keeps the
+ * Crashes and upgrades: a newer build over pinned state keeps the
  * state when the layout is compatible, or refuses with a clear message and
  * never half-applies; two daemons started at once never attach twice.
  */

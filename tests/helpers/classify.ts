@@ -1,5 +1,5 @@
 /**
- * A reference classifier, written from SPEC §1 independently of the BPF
+ * A reference classifier, written from the monitoring rules independently of the BPF
  * parser: what connrate must count a frame as. The fuzz test compares the
  * datapath's counters with it, frame by frame.
  */

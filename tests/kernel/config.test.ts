@@ -1,5 +1,5 @@
 /**
- * Configuration in the datapath (SPEC §2–3): live changes apply to the next
+ * Configuration in the datapath: live changes apply to the next
  * packet and keep bucket state; log mode passes and counts; every counter.
  */
 import { afterEach, describe, expect, it } from 'vitest';

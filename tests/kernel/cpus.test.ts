@@ -1,5 +1,5 @@
 /**
- * Exact on every CPU (issue 6): two CPUs hitting one key at the same instant
+ * Exact on every CPU: two CPUs hitting one key at the same instant
  * admit no more than one CPU would — for buckets (compare-and-swap) and for
  * the UDP flow table (one flow is never counted twice).
  */

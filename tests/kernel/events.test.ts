@@ -1,5 +1,5 @@
 /**
- * Block-log events (SPEC §5): a ring-buffer record when a key starts being
+ * Block-log events: a ring-buffer record when a key starts being
  * limited, at most one per key per minute; a full ring loses events, counted,
  * and never blocks the datapath. And `top` from the bucket map.
  */

@@ -1,5 +1,5 @@
 /**
- * What is never limited (SPEC §1.2–1.3): traffic to other addresses, and
+ * What is never limited: traffic to other addresses, and
  * sources behind non-default routes or on the admin exempt list.
  */
 import { afterEach, describe, expect, it } from 'vitest';

@@ -1,5 +1,5 @@
 /**
- * The bucket (SPEC §2 and the seed): burst 5, then one every 60/R s, per
+ * The bucket: burst 5, then one every 60/R s, per
  * (source, destination port, protocol).
  */
 import { afterEach, describe, expect, it } from 'vitest';
@@ -21,7 +21,7 @@ describe('GCRA bucket', () => {
     expect(bench.burst(2, (i) => syn(CLIENT4, 443, 41200 + i))).toEqual({ pass: 1, drop: 1 });
   });
 
-  it('lets 3 more through 10 s after the first (the seed example)', () => {
+  it('lets 3 more through 10 s after the first (the documented example)', () => {
     bench = openBench();
     expect(bench.burst(5, (i) => syn(CLIENT4, 11115, 40000 + i)).pass).toBe(5);
     bench.at(10);

@@ -1,5 +1,5 @@
 /**
- * New versus established (SPEC §1.5): only new connections take tokens.
+ * New versus established: only new connections take tokens.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { APPLIANCE4, type Bench, CLIENT4, openBench, syn, udp } from './harness.js';

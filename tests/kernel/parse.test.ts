@@ -1,5 +1,5 @@
 /**
- * Parsing (SPEC §1.1): VLANs, IPv4 options and fragments, IPv6 extension
+ * Parsing: VLANs, IPv4 options and fragments, IPv6 extension
  * headers and /64 keying, and frames that are truncated or malformed — which
  * always pass and are counted.
  */

@@ -1,5 +1,5 @@
 /**
- * extc variables and the store (SPEC §3): validation names the variable, the
+ * extc variables and the store: validation names the variable, the
  * value and what is allowed; refusals leave the store byte-for-byte as it was.
  */
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
