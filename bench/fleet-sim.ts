@@ -19,9 +19,7 @@
  * fewer HTTP/2 connections than N real appliances would open.
  */
 import type { Etcd3, IKeyValue, Lease, Watcher } from 'etcd3';
-import { canonicalValue } from '../src/config/variables.js';
-import { InvalidValueError } from '../src/errors.js';
-import { writeReport } from '../src/fleet/agent.js';
+import { firstRefusal, writeReport } from '../src/fleet/agent.js';
 import { DEFAULT_LEASE_TTL_SEC } from '../src/fleet/keys.js';
 import { LOG_SLACK } from '../src/fleet/controller.js';
 import { type ApplianceDoc, type DesiredDoc, type LogEntry, type StatusDoc, Keys, LOG_KEEP, encode, parseDesired, parseStatus } from '../src/fleet/keys.js';
@@ -141,14 +139,10 @@ class SimAppliance {
     const kv = (await this.client.get(this.keys.status(this.id)).exec()).kvs[0];
     const st = kv ? parseStatus(kv.key.toString(), kv.value) : undefined;
     const seen = st?.observedGeneration === d.generation ? st.status : undefined;
-    for (const [name, value] of Object.entries(d.values)) {
-      try {
-        canonicalValue('fleet', name, value);
-      } catch (err) {
-        if (!(err instanceof InvalidValueError)) throw err;
-        if (seen !== 'error') await this.#report('error', d.generation, this.#confirmed, `generation ${d.generation} refused: ${err.message}`);
-        return;
-      }
+    const refused = firstRefusal(d.values);
+    if (refused) {
+      if (seen !== 'error') await this.#report('error', d.generation, this.#confirmed, `generation ${d.generation} refused: ${refused.message}`);
+      return;
     }
     if (seen !== 'received') await this.#report('received', d.generation, this.#confirmed, `generation ${d.generation}: ${Object.keys(d.values).length} value(s) valid`);
     // (a real appliance stores the values and runs `system update rule` here)

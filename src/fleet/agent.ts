@@ -65,6 +65,19 @@ export async function writeReport(client: Etcd3, keys: Keys, status: StatusDoc, 
   if (keep !== undefined) await trimLog(client, keys.log(status.id), keep);
 }
 
+/** The first of a desired configuration's values that the extc rules refuse, if any. */
+export function firstRefusal(values: Readonly<Record<string, string>>): InvalidValueError | undefined {
+  for (const [name, value] of Object.entries(values)) {
+    try {
+      canonicalValue('fleet', name, value);
+    } catch (err) {
+      if (err instanceof InvalidValueError) return err;
+      throw err;
+    }
+  }
+  return undefined;
+}
+
 export class Agent {
   readonly #o: AgentOptions;
   readonly #conn: Connection;
@@ -258,14 +271,10 @@ export class Agent {
     }
     const seen = st?.observedGeneration === d.generation ? st.status : undefined;
     // every value, before anything is changed
-    for (const [name, value] of Object.entries(d.values)) {
-      try {
-        canonicalValue('fleet', name, value);
-      } catch (err) {
-        if (!(err instanceof InvalidValueError)) throw err;
-        if (seen !== 'error') await this.#report('error', d.generation, applied, `generation ${d.generation} refused, nothing changed${applied ? ` (generation ${applied} stays in force)` : ''}: ${err.message}`);
-        return;
-      }
+    const refused = firstRefusal(d.values);
+    if (refused) {
+      if (seen !== 'error') await this.#report('error', d.generation, applied, `generation ${d.generation} refused, nothing changed${applied ? ` (generation ${applied} stays in force)` : ''}: ${refused.message}`);
+      return;
     }
     if (seen !== 'received') await this.#report('received', d.generation, applied, `generation ${d.generation}: ${Object.keys(d.values).length} value(s) valid`);
     let changed: string[];
