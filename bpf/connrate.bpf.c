@@ -14,7 +14,7 @@
  *
  * Shared cache lines written, per path (everything else is per CPU):
  *   drop, key in the drop cache ......... none
- *   drop decided through the bucket ..... none (a hot key: once per ms per CPU);
+ *   drop decided through the bucket ..... none (a hot key: once per tick per CPU);
  *                                          drop_stats' LRU lists when a key's
  *                                          counts first leave a drop cache
  *   established TCP, not monitored ...... none
@@ -54,10 +54,13 @@ const volatile __u8 cr_test_first_seen_collide = 0;
 #define IPV4_MIN_IHL 5
 #define TCP_MIN_DOFF 5
 #define FLOW_REFRESH_NS 1000000ULL /* refresh a UDP flow's last-seen at most once per ms */
-#define COARSE_LAG_MAX_NS 10000000ULL     /* the coarse clock lags by at most one tick: 10 ms at HZ = 100 */
+#define COARSE_LAG_MAX_NS CR_TICK_MAX_NS  /* the coarse clock lags by at most one tick */
+#define TEST_TICK_SHIFT 22                /* under the test clock, a tick is 2^22 ns (4.2 ms) */
 #define COARSE_MIN_PERIOD_NS 1000000000ULL /* coarse first-seen decisions only at 1 s a token or slower */
 #define PORT_SLOT_NONE 0xffffffffU
 #define PORT_SLOT_GUARD (1U << 24) /* stop handing out port slots long before the counter wraps */
+#define CACHE_LINE 64
+_Static_assert(sizeof(struct cr_first_seen) == CACHE_LINE, "a first-seen group is one cache line");
 #define FS_HALF (CR_FIRST_SEEN_GROUPS / CR_PROTO_COUNT)
 #define FS_NONE 0xff
 #define FS_CLOCK_MASK (((__u64)1 << CR_FIRST_SEEN_CLOCK_BITS) - 1)
@@ -190,10 +193,12 @@ struct {
 } drop_cache SEC(".maps");
 
 /* First-seen records (connrate.h): one group per hash of the key, TCP groups
- * in the first half, UDP in the second. */
+ * in the first half, UDP in the second. Mmapable only for its layout: such an
+ * array's values start on a page, so every group is exactly one cache line. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, CR_FIRST_SEEN_GROUPS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct cr_first_seen);
 } first_seen SEC(".maps");
@@ -287,10 +292,11 @@ enum parse_result {
  * only drop or only expire reads the coarse clock (bpf_ktime_get_coarse_ns,
  * the last tick: it lags the precise clock by at most one tick, 1–10 ms, and
  * never leads it):
- *  - the drop cache drops while coarse_now < until_ns: a lagging clock keeps
- *    an entry at most one tick longer, so a key gets its next token at most
- *    one tick late (against a token period of 60 s / rate, 3 s at 20/min),
- *    never early — stricter only;
+ *  - the drop cache reads no clock at all, only the tick count (jiffies, one
+ *    load): an entry drops for the rest of the tick it was made in, and is
+ *    made only when its bucket has no token for CR_TICK_MAX_NS after the
+ *    precise clock read before it — more than the rest of any tick. It never
+ *    drops a packet the bucket would admit;
  *  - the UDP flow table: a lagging last-seen makes a flow expire at most one
  *    tick early, so at most one more datagram counts as new — stricter only.
  *  - the first-seen stage (a new key with no bucket) decides on the coarse
@@ -303,9 +309,10 @@ enum parse_result {
  * so a lagging C would store a smaller tat' — the next token up to the lag
  * early, looser. Deciding to drop on a lagging clock is stricter (it sees fewer
  * tokens); storing from one is not.
- * A packet on the drop path, established UDP, an established TCP path or a
- * spoofed source's first packet reads one clock (coarse, or none); only a new
- * connection that takes a token from a bucket reads the precise one as well.
+ * A TCP packet on the drop path reads the tick count and no clock; established
+ * TCP reads none; UDP reads the coarse clock for its flow; a spoofed source's
+ * first packet reads the coarse clock; only a new connection judged by a
+ * bucket reads the precise one.
  */
 static __always_inline __u64 test_now(void)
 {
@@ -327,6 +334,15 @@ static __always_inline __u64 coarse_now_ns(void)
 	if (cr_test_clock)
 		return test_now();
 	return bpf_ktime_get_coarse_ns();
+}
+
+/* The kernel tick (jiffies: inlined, one load); under the test clock, the
+ * test clock in ticks of 2^TEST_TICK_SHIFT ns (shorter than CR_TICK_MAX_NS). */
+static __always_inline __u64 tick_now(void)
+{
+	if (cr_test_clock)
+		return test_now() >> TEST_TICK_SHIFT;
+	return bpf_jiffies64();
 }
 
 static __always_inline void set_v4_mapped(struct cr_addr *a, __be32 v4)
@@ -617,22 +633,44 @@ static __always_inline __u64 token_clock(const struct cr_token_clock *c, __u64 n
 	return c->base_tokens + (q << CR_TOKEN_SHIFT) + mul_shift(r, c->f_mult, c->f_shift);
 }
 
-/* The bucket key of a packet: IPv6 sources masked to the configured prefix. */
+/* The bucket key as the five 32-bit words it is hashed and compared by. */
+#define KEY_WORDS (sizeof(struct cr_bucket_key) / sizeof(__u32))
+_Static_assert(sizeof(struct cr_bucket_key) % sizeof(__u32) == 0, "bucket key is whole words");
+
+/* The key's last word: dport, proto and pad as they lie in memory. */
+union key_tail {
+	struct {
+		__u16 dport;
+		__u8 proto;
+		__u8 pad;
+	} f;
+	__u32 w;
+};
+_Static_assert(sizeof(union key_tail) == sizeof(struct cr_bucket_key) - sizeof(struct cr_addr),
+	       "key_tail is the bucket key after its source");
+
+/* The bucket key of a packet: IPv6 sources masked to the configured prefix.
+ * Written one whole word at a time, as key_hash and key_equal read it: a word
+ * read back from narrower stores would stall store forwarding. */
 static __always_inline void bucket_key_of(const struct packet *p, const struct cr_config *cfg,
 					  struct cr_bucket_key *key)
 {
-	__u32 *w = (__u32 *)key->src.bytes;
+	const __u32 *s = (const __u32 *)p->src.bytes;
+	__u32 *w = (__u32 *)key;
+	union key_tail t = { .f = { .dport = p->dport, .proto = p->proto, .pad = 0 } };
 
-	key->src = p->src;
-	key->dport = p->dport;
-	key->proto = p->proto;
-	key->pad = 0;
 	if (p->is_v6) {
-		w[0] &= cfg->ipv6_mask[0];
-		w[1] &= cfg->ipv6_mask[1];
-		w[2] &= cfg->ipv6_mask[2];
-		w[3] &= cfg->ipv6_mask[3];
+		w[0] = s[0] & cfg->ipv6_mask[0];
+		w[1] = s[1] & cfg->ipv6_mask[1];
+		w[2] = s[2] & cfg->ipv6_mask[2];
+		w[3] = s[3] & cfg->ipv6_mask[3];
+	} else {
+		w[0] = s[0];
+		w[1] = s[1];
+		w[2] = s[2];
+		w[3] = s[3];
 	}
+	w[KEY_WORDS - 1] = t.w;
 }
 
 /* 64-bit hash of a bucket key (its five 32-bit words), one multiply per pair
@@ -901,11 +939,13 @@ static __always_inline void drop_cache_flush(struct cr_drop_cache *e)
 }
 
 /* A drop decided through the bucket (or without one): count it in the key's
- * drop-cache slot, and let the slot drop the key's next packets until
- * `until` (0: no caching, just the count). Returns the key's drops on this CPU. */
+ * drop-cache slot, and let the slot drop the key's next packets for the rest
+ * of `tick` (read before `now`) when `until` (the bucket's next token; 0: none
+ * known) is at least CR_TICK_MAX_NS after `now`: that tick ends before then.
+ * Returns the key's drops on this CPU. */
 static __always_inline __u64 drop_cache_fill(struct cr_drop_cache *e, const struct cr_bucket_key *key,
 					     __u32 cfg_gen, __u32 rt_gen, __u32 port_slot,
-					     __u64 until, __u64 now)
+					     __u64 tick, __u64 until, __u64 now)
 {
 	if (!key_equal(&e->key, key)) {
 		if (e->drops)
@@ -917,8 +957,8 @@ static __always_inline __u64 drop_cache_fill(struct cr_drop_cache *e, const stru
 	e->port_slot = port_slot;
 	e->config_gen = cfg_gen;
 	e->routes_gen = rt_gen;
-	e->until_ns = until;
-	e->checked_ns = now;
+	/* tick - 1 has passed: it never matches again */
+	e->tick = until && until - now >= CR_TICK_MAX_NS ? tick : tick - 1;
 	e->last_drop_ns = now;
 	return ++e->drops;
 }
@@ -1015,9 +1055,9 @@ static __always_inline int udp_claim(const struct cr_flow_key *fk, const struct 
 SEC("xdp")
 int connrate_xdp(struct xdp_md *ctx)
 {
-	struct packet p __attribute__((aligned(8))) = {};
+	struct packet p __attribute__((aligned(8)));
 	struct cr_bucket_key key __attribute__((aligned(8)));
-	struct cr_flow_key fk = {};
+	struct cr_flow_key fk;
 	struct flow_seen seen = {};
 	const struct cr_config *cfg;
 	const struct cr_token_clock *tc;
@@ -1026,16 +1066,15 @@ int connrate_xdp(struct xdp_md *ctx)
 	struct cr_drop_cache *e;
 	struct cr_bucket *b;
 	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot;
-	__u64 now, coarse = 0, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
+	__u64 now, coarse = 0, tick, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
 	__u32 ways = 0;
-	int inserted = 0;
-	struct cr_first_seen *g;
+	int inserted = 0, no_bucket;
+	struct cr_first_seen *g = NULL;
 	int res, allowed, block;
 
 	cnt = bpf_map_lookup_elem(&counters, &zero);
 	if (!cnt)
 		return XDP_PASS;
-	COUNT(cnt, CR_CNT_SEEN);
 	res = parse(ctx, &p);
 	switch (res) {
 	case PARSE_OK:
@@ -1081,7 +1120,6 @@ int connrate_xdp(struct xdp_md *ctx)
 			COUNT(cnt, CR_CNT_ESTABLISHED);
 			return XDP_PASS;
 		}
-		coarse = coarse_now_ns();
 	} else {
 		fk.src = p.src;
 		fk.dst = p.dst;
@@ -1099,6 +1137,14 @@ int connrate_xdp(struct xdp_md *ctx)
 	 * A hit writes only this CPU's lines. */
 	bucket_key_of(&p, cfg, &key);
 	h = key_hash(&key);
+	/* The key's first-seen group: its has_bucket bit clear means the key
+	 * has no bucket, so no drop-cache entry either (entries that drop are
+	 * made from a bucket): a spoofed source reads one cache line, not two. */
+	g = first_seen_group(&key, h);
+	hbit = 1ULL << ((h >> HAS_BUCKET_HASH_SHIFT) & HAS_BUCKET_BIT_MASK);
+	if (g)
+		hb = &g->has_bucket;
+	no_bucket = hb && !(READ_ONCE(*hb) & hbit);
 	cidx = (__u32)(h >> DROP_CACHE_HASH_SHIFT) & (CR_DROP_CACHE_SLOTS - 1);
 	e = bpf_map_lookup_elem(&drop_cache, &cidx);
 	if (!e)
@@ -1106,15 +1152,18 @@ int connrate_xdp(struct xdp_md *ctx)
 	rg = bpf_map_lookup_elem(&routes_gen, &zero);
 	rt_gen = rg ? (__u32)*rg : 0;
 	cfg_gen = (__u32)cfg->generation;
-	if (block && coarse < e->until_ns && (__s64)(coarse - e->checked_ns) < (__s64)CR_CACHE_RECHECK_NS &&
+	tick = tick_now(); /* before any clock read below */
+	if (block && !no_bucket && e->tick == tick &&
 	    e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key)) {
 		e->drops++;
-		e->last_drop_ns = coarse;
 		COUNT(cnt, CR_CNT_CACHE_DROP);
 		COUNT(cnt, CR_CNT_NEW_DROPPED);
 		count_port(cnt, e->port_slot, CR_CNT_NEW_DROPPED);
 		return XDP_DROP;
 	}
+
+	if (p.proto == CR_PROTO_TCP)
+		coarse = coarse_now_ns(); /* UDP read it for its flow */
 
 	if (source_exempt(&p, slot, cfg)) {
 		/* An exempt source's UDP flow is recorded: its next packets are established. */
@@ -1128,11 +1177,8 @@ int connrate_xdp(struct xdp_md *ctx)
 	/* The bucket map is looked up only for a key whose has_bucket bit is set:
 	 * a spoofed source's first packet costs one cache line (its group), not a
 	 * miss in the bucket map as well. */
-	g = first_seen_group(&key, h);
-	hbit = 1ULL << ((h >> HAS_BUCKET_HASH_SHIFT) & HAS_BUCKET_BIT_MASK);
-	if (g)
-		hb = &g->has_bucket;
-	if (hb && !(READ_ONCE(*hb) & hbit) && tc->period_ns >= COARSE_MIN_PERIOD_NS) {
+	no_bucket = hb && !(READ_ONCE(*hb) & hbit); /* again: another CPU may have set it */
+	if (no_bucket && tc->period_ns >= COARSE_MIN_PERIOD_NS) {
 		/* No bucket: the first-seen stage decides, on the coarse clock and
 		 * its bound (see first_seen_claim); the precise clock is read only
 		 * if the key goes on to a bucket. */
@@ -1218,7 +1264,7 @@ int connrate_xdp(struct xdp_md *ctx)
 		verdict_cnt = block ? CR_CNT_NEW_DROPPED : CR_CNT_NEW_WOULD_DROP;
 		if (b && block)
 			until = token_due(READ_ONCE(b->tat), clock, limit, tc->period_ns, now);
-		drops = drop_cache_fill(e, &key, cfg_gen, rt_gen, pslot, until, now);
+		drops = drop_cache_fill(e, &key, cfg_gen, rt_gen, pslot, tick, until, now);
 		if (b)
 			emit_event(&key, b, cfg, now, drops, cnt);
 	}

@@ -34,7 +34,7 @@ typedef uint64_t __u64;
 #define CR_FIRST_SEEN_WAYS 7         /* first-seen records per group (with has_bucket: one cache line) */
 #define CR_FIRST_SEEN_GROUPS (1 << 17) /* groups, half per protocol: 2^20 records */
 #define CR_FIRST_SEEN_CLOCK_BITS 40   /* a record: token clock's low 40 bits, fingerprint above */
-#define CR_CACHE_RECHECK_NS 1000000ULL /* a drop-cache entry re-reads its bucket after 1 ms */
+#define CR_TICK_MAX_NS 10000000ULL /* a kernel tick (jiffy) lasts at most 10 ms (HZ >= 100) */
 #define CR_LOCALS_V4 8             /* local addresses checked inline, per family; */
 #define CR_LOCALS_V6 4             /* more than that: the local_addrs hash */
 
@@ -68,7 +68,9 @@ enum cr_mode {
 enum cr_counter {
 	/* seen = monitored + not_monitored + unparsable;
 	 * monitored = established + exempt + new_allowed + new_dropped + new_would_drop */
-	CR_CNT_SEEN = 0,          /* every packet the program ran on */
+	CR_CNT_SEEN = 0,          /* every packet the program ran on: not counted here, user
+				   * space sums the three it is made of (one increment a
+				   * packet fewer) */
 	CR_CNT_MONITORED,         /* TCP/UDP to a local address, limit on, port listed */
 	CR_CNT_ESTABLISHED,       /* monitored, not a new connection (never limited) */
 	CR_CNT_EXEMPT,            /* new connection from a non-default route or the exempt list */
@@ -126,19 +128,21 @@ struct cr_drop_stats {
 };
 
 /* One slot of the per-CPU drop cache (`drop_cache`, a PERCPU_ARRAY indexed by
- * a hash of the key): "this key is over its limit until until_ns", valid only
- * for the configuration and routes generations it was made under. It can only
- * drop; every admission goes through the bucket. It also holds this CPU's drops
- * of the key since it took the slot. */
+ * a hash of the key): "this key is over its limit for the rest of kernel tick
+ * `tick`" (jiffies), valid only for the configuration and routes generations
+ * it was made under. It is made from the key's bucket only when the bucket
+ * has no token before that tick ends, so it can only drop; every admission
+ * goes through the bucket, and in the next tick the bucket is read again. It
+ * also holds this CPU's drops of the key since it took the slot. */
 struct cr_drop_cache {
 	struct cr_bucket_key key;
 	__u32 port_slot;    /* the key's (protocol, port) slot in port_stats */
 	__u32 config_gen;   /* low 32 bits of cr_config.generation */
 	__u32 routes_gen;   /* low 32 bits of routes_gen[0] */
-	__u64 until_ns;     /* drop while now < until_ns (no token before then) */
-	__u64 checked_ns;   /* when the bucket was last read; re-read after CR_CACHE_RECHECK_NS */
+	__u64 tick;         /* drop while the kernel tick is this one */
 	__u64 drops;        /* this CPU's drops of key since it took the slot */
-	__u64 last_drop_ns;
+	__u64 last_drop_ns; /* when the entry was last made from the bucket: this
+			     * CPU's last drop of key, at most one tick early */
 };
 
 /* UDP flow key: the 4-tuple, unmasked. */

@@ -346,6 +346,8 @@ export class Datapath {
     for (const [name, index] of this.abi.counters) {
       out[name] = perCpu.reduce((sum, v) => sum + readU64(v, base + index * 8), 0n);
     }
+    // The datapath does not count `seen`: every packet is one of these three.
+    out.seen = out.monitored + out.not_monitored + out.unparsable;
     return out;
   }
 
