@@ -157,6 +157,14 @@ class Emitter {
     this.#line('  {');
     for (const f of fields) this.#line(`    ${f.ts}: (b, o) => ${decodeExpr(f.shape, at('o', f.offset), 0)},`);
     this.#line('  },');
+    const arrays = fields.filter((f) => f.shape.kind === 'array');
+    this.#line(arrays.length ? '  {' : '  {},');
+    for (const f of arrays) {
+      if (f.shape.kind !== 'array') continue;
+      const i = `xt.index(i, ${f.shape.count}, '${s.name}.${f.name}')`;
+      this.#line(`    ${f.ts}: (b, o, i) => ${decodeExpr(f.shape.elem, `${at('o', f.offset)} + ${i} * ${f.shape.stride}`, 0)},`);
+    }
+    if (arrays.length) this.#line('  },');
     this.#line(`  (b, o) => ({`);
     for (const f of fields) this.#line(`    ${f.ts}: ${decodeExpr(f.shape, at('o', f.offset), 0)},`);
     this.#line('  }),');

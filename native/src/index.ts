@@ -13,8 +13,8 @@ export {
 export { RingBufferReader } from './ringbuf.js';
 export { flock, ifIndex, ifName } from './sys.js';
 export {
-  checkLayout, closeMaps, codec, codecs, hostOrder, mapDef, objectFingerprint, objectLayout, openMaps, perCpuMapDef, rawMapDef,
+  checkLayout, closeMaps, codec, codecs, hostOrder, index, mapDef, objectFingerprint, objectLayout, openMaps, perCpuMapDef, rawMapDef,
   readArray, readBytes, setGlobals, structCodec, TypedMap, TypedPerCpuMap, writeArray, writeBytes,
-  type Codec, type FieldReaders, type GlobalDefs, type MapDef, type OpenedMaps, type StructCodec, type TypedBatch,
+  type Codec, type ElementReaders, type FieldReaders, type GlobalDefs, type MapDef, type OpenedMaps, type StructCodec, type TypedBatch,
 } from './typed.js';
 export { generate, type GenerateOptions } from './gen.js';

@@ -114,6 +114,8 @@ export class BpfMap {
   readonly perCpu: boolean;
   /** Size of a value buffer as the kernel reads/writes it: valueSize, or round_up(valueSize, 8) * numPossibleCpus(). */
   readonly valueBufferSize: number;
+  /** In a per-CPU map's value buffer, bytes from one CPU's value to the next (round_up(valueSize, 8)); valueSize otherwise. */
+  readonly cpuStride: number;
   readonly [kHandle]: FdHandle;
   #closed = false;
 
@@ -128,7 +130,8 @@ export class BpfMap {
     this.valueSize = info.valueSize;
     this.maxEntries = info.maxEntries;
     this.perCpu = PERCPU_TYPES.has(info.type);
-    this.valueBufferSize = this.perCpu ? roundUp8(info.valueSize) * numPossibleCpus() : info.valueSize;
+    this.cpuStride = this.perCpu ? roundUp8(info.valueSize) : info.valueSize;
+    this.valueBufferSize = this.cpuStride * (this.perCpu ? numPossibleCpus() : 1);
   }
 
   static fromPinned(path: string): BpfMap {
@@ -254,8 +257,7 @@ export class BpfMap {
   }
 
   #batch(count: number, keys: Buffer, values: Buffer, done: boolean): MapBatch {
-    const cpuStride = this.perCpu ? roundUp8(this.valueSize) : this.valueBufferSize;
-    return new MapBatch(count, keys, values, this.keySize, this.valueBufferSize, done, cpuStride);
+    return new MapBatch(count, keys, values, this.keySize, this.valueBufferSize, done, this.cpuStride);
   }
 
   #batchByKeys(state: CursorState, count: number): MapBatch {

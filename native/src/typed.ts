@@ -48,6 +48,11 @@ export interface Codec<T> {
 /** Reads one member of a struct in place: `get.count(buf, structOffset)`. */
 export type FieldReaders<T> = { readonly [K in keyof T]: (b: Buffer, offset?: number) => T[K] };
 
+/** The array members of T, each with its element type. */
+type ArrayMembers<T> = { [K in keyof T as T[K] extends readonly unknown[] ? K : never]: T[K] extends readonly (infer E)[] ? E : never };
+/** Reads one element of an array member in place: `at.hist(buf, structOffset, i)`. */
+export type ElementReaders<T> = { readonly [K in keyof ArrayMembers<T>]: (b: Buffer, offset: number, i: number) => ArrayMembers<T>[K] };
+
 /** A struct's codec, with its member offsets (from BTF) and readers of single members in place. */
 export interface StructCodec<T, F extends string = string> extends Codec<T> {
   /** The C struct name. */
@@ -55,6 +60,8 @@ export interface StructCodec<T, F extends string = string> extends Codec<T> {
   readonly offsets: Readonly<Record<F, number>>;
   /** Decode one member of the struct that starts at `offset`, without decoding the others. */
   readonly get: FieldReaders<T>;
+  /** Decode element i of an array member (of its outermost dimension), without decoding the others. */
+  readonly at: ElementReaders<T>;
 }
 
 export function codec<T>(size: number, decode: (b: Buffer, o: number) => T, encodeInto: (v: T, b: Buffer, o: number) => void): Codec<T> {
@@ -83,18 +90,28 @@ export function structCodec<T, F extends string>(
   size: number,
   offsets: Readonly<Record<F, number>>,
   readers: { readonly [K in keyof T]: (b: Buffer, o: number) => T[K] },
+  elementReaders: { readonly [K in keyof ArrayMembers<T>]: (b: Buffer, o: number, i: number) => ArrayMembers<T>[K] },
   decode: (b: Buffer, o: number) => T,
   encodeInto: (v: T, b: Buffer, o: number) => void,
 ): StructCodec<T, F> {
-  const get = {} as { [K in keyof T]: (b: Buffer, offset?: number) => T[K] };
-  for (const k of Object.keys(readers) as (keyof T)[]) {
-    const read = readers[k];
-    get[k] = (b, o = 0) => {
-      if (o < 0 || o + size > b.length) throw new RangeError(`${name}.${String(k)}: a ${size}-byte struct at ${o} does not fit in ${b.length}`);
-      return read(b, o);
-    };
+  const fits = (what: PropertyKey, b: Buffer, o: number): void => {
+    if (o < 0 || o + size > b.length) throw new RangeError(`${name}.${String(what)}: a ${size}-byte struct at ${o} does not fit in ${b.length}`);
+  };
+  const get = {} as Record<keyof T, (b: Buffer, o?: number) => unknown>;
+  for (const [k, read] of Object.entries(readers) as [keyof T, (b: Buffer, o: number) => unknown][]) {
+    get[k] = (b, o = 0) => (fits(k, b, o), read(b, o));
   }
-  return { ...codec(size, decode, encodeInto), name, offsets, get };
+  const at = {} as Record<string, (b: Buffer, o: number, i: number) => unknown>;
+  for (const [k, read] of Object.entries(elementReaders) as [string, (b: Buffer, o: number, i: number) => unknown][]) {
+    at[k] = (b, o, i) => (fits(k, b, o), read(b, o, i));
+  }
+  return { ...codec(size, decode, encodeInto), name, offsets, get: get as FieldReaders<T>, at: at as ElementReaders<T> };
+}
+
+/** `i` if it indexes an array of `count` elements; else a RangeError naming the member. */
+export function index(i: number, count: number, what: string): number {
+  if (!Number.isInteger(i) || i < 0 || i >= count) throw new RangeError(`${what}: index ${i} is not in 0..${count - 1}`);
+  return i;
 }
 
 /** Codecs of the C scalar types, and of byte arrays. */
@@ -159,6 +176,11 @@ export class TypedMap<K, V> {
   lookup(k: K): V | undefined {
     const v = this.raw.lookup(this.key.encode(k));
     return v === undefined ? undefined : this.value.decode(v);
+  }
+
+  /** The value's bytes, not decoded (read single members in place with the struct codec's `get`). */
+  lookupRaw(k: K): Buffer | undefined {
+    return this.raw.lookup(this.key.encode(k));
   }
 
   update(k: K, v: V, flag: UpdateFlag = 'any'): void {

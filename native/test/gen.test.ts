@@ -202,6 +202,10 @@ describe('the generated module against the kernel', () => {
       expect(xtl.XtlRec.get.count(raw[0]!)).toBe(1n);
       expect(xtl.XtlRec.get.pts(raw[0]!)).toEqual([{ x: 64, y: -64 }, { x: 64, y: -64 }]);
       expect(() => xtl.XtlRec.get.count(raw[0]!, 8)).toThrow(/xtl_rec.count: a 72-byte struct at 8 does not fit/);
+      // single elements of array members, in place
+      expect(xtl.XtlRec.at.hist(raw[0]!, 0, 0)).toEqual(per[0]!.hist[0]);
+      expect(xtl.XtlRec.at.pts(raw[0]!, 0, 1)).toEqual({ x: 64, y: -64 });
+      expect(() => xtl.XtlRec.at.pts(raw[0]!, 0, 2)).toThrow(/xtl_rec.pts: index 2 is not in 0..1/);
       // and in a raw batch: entry i's value on each CPU
       const batch = recs.raw.batchLookup(new MapBatchCursor(), 8);
       expect(batch.count).toBe(1);
@@ -240,6 +244,7 @@ describe('the generated module against the kernel', () => {
         bytes: BigInt(64 * (1 + cpus * (cpus + 1) / 2)),
       } satisfies xtl.XtlVal);
       expect(stats.lookup(key)).toEqual(value);
+      expect(xtl.XtlVal.get.bytes(stats.lookupRaw(key)!)).toBe(value.bytes); // one member, in place
       expect(stats.lookup({ ...key, proto: 6 })).toBeUndefined();
 
       const mine = { addr: 7, port: 8, proto: 6, pad: 0 };

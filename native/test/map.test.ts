@@ -101,6 +101,7 @@ describe('BpfMap element operations', () => {
     const m = track(obj.map('xtl_percpu'));
     expect(m.perCpu).toBe(true);
     expect(m.valueBufferSize).toBe(8 * ncpu);
+    expect(m.cpuStride).toBe(8);
     // one value replicated to every CPU
     m.update(u32(1), u64(5));
     expect(m.lookupPerCpu(u32(1))).toEqual(Array.from({ length: ncpu }, () => u64(5)));

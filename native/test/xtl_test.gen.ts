@@ -43,6 +43,7 @@ export const XtlEvent: xt.StructCodec<XtlEvent, 'seq' | 'magic' | 'len' | 'verdi
     len: (b, o) => h.readU32(b, o + 16),
     verdict: (b, o) => h.readU32(b, o + 20),
   },
+  {},
   (b, o) => ({
     seq: h.readU64(b, o),
     magic: h.readU64(b, o + 8),
@@ -78,6 +79,7 @@ export const XtlKey: xt.StructCodec<XtlKey, 'addr' | 'port' | 'proto' | 'pad'> =
     proto: (b, o) => h.readU8(b, o + 6),
     pad: (b, o) => h.readU8(b, o + 7),
   },
+  {},
   (b, o) => ({
     addr: h.readU32(b, o),
     port: h.readU16(b, o + 4),
@@ -107,6 +109,7 @@ export const XtlLpmKey: xt.StructCodec<XtlLpmKey, 'prefixlen' | 'addr'> = xt.str
     prefixlen: (b, o) => h.readU32(b, o),
     addr: (b, o) => xt.readBytes(b, o + 4, 4),
   },
+  {},
   (b, o) => ({
     prefixlen: h.readU32(b, o),
     addr: xt.readBytes(b, o + 4, 4),
@@ -132,6 +135,7 @@ export const XtlPoint: xt.StructCodec<XtlPoint, 'x' | 'y'> = xt.structCodec(
     x: (b, o) => h.readU16(b, o),
     y: (b, o) => h.readI16(b, o + 2),
   },
+  {},
   (b, o) => ({
     x: h.readU16(b, o),
     y: h.readI16(b, o + 2),
@@ -181,6 +185,10 @@ export const XtlRec: xt.StructCodec<XtlRec, 'magic' | 'cpu' | 'color' | 'src' | 
     hist: (b, o) => xt.readArray(2, (i0) => xt.readArray(3, (i1) => h.readU32(b, o + 36 + i0 * 12 + i1 * 4))),
     count: (b, o) => h.readU64(b, o + 64),
   },
+  {
+    pts: (b, o, i) => XtlPoint.decode(b, o + 28 + xt.index(i, 2, 'xtl_rec.pts') * 4),
+    hist: (b, o, i) => xt.readArray(3, (i0) => h.readU32(b, o + 36 + xt.index(i, 2, 'xtl_rec.hist') * 12 + i0 * 4)),
+  },
   (b, o) => ({
     magic: h.readU64(b, o),
     cpu: h.readU32(b, o + 8),
@@ -228,6 +236,9 @@ export const XtlVal: xt.StructCodec<XtlVal, 'packets' | 'flags' | 'inner' | 'byt
     inner: (b, o) => XtlValInner.decode(b, o + 20),
     bytes: (b, o) => h.readU64(b, o + 24),
   },
+  {
+    flags: (b, o, i) => h.readU32(b, o + 8 + xt.index(i, 3, 'xtl_val.flags') * 4),
+  },
   (b, o) => ({
     packets: h.readU64(b, o),
     flags: xt.readArray(3, (i0) => h.readU32(b, o + 8 + i0 * 4)),
@@ -257,6 +268,7 @@ export const XtlValInner: xt.StructCodec<XtlValInner, 'a' | 'b'> = xt.structCode
     a: (b, o) => h.readU16(b, o),
     b: (b, o) => h.readU16(b, o + 2),
   },
+  {},
   (b, o) => ({
     a: h.readU16(b, o),
     b: h.readU16(b, o + 2),
