@@ -1,6 +1,8 @@
 // The run-time half of generated modules (see gen.ts): host-order scalar
-// access, codecs, typed map wrappers, global setters and the layout check.
-// Generated code supplies the offsets and strides, taken from BTF.
+// access, codecs (whole values, single members, single array elements),
+// typed map wrappers and opening every map of a module at once, global
+// setters, and the layout fingerprint and check. Generated code supplies the
+// offsets and strides, taken from BTF.
 import { endianness } from 'node:os';
 import { native } from './binding.js';
 import { BtfTable, describeLayouts, layoutFingerprint } from './btf.js';
