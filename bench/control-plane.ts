@@ -14,9 +14,9 @@ import { fileURLToPath } from 'node:url';
 import Benchmark from 'benchmark';
 import { BpfMap } from '@xdp-ts/loader';
 import { canonicalValue, defaults, resolve, VARIABLES } from '../src/config/variables.js';
-import { writeU16, writeU64 } from '../src/control/abi.js';
 import { Datapath } from '../src/control/datapath.js';
 import { PinDir } from '../src/control/pins.js';
+import { fillKeys } from './keys.js';
 import { measureTop } from './top.js';
 import { measureUpdateRule } from './update-rule.js';
 import { NET, sh, trySh } from './topology.js';
@@ -148,25 +148,8 @@ export async function measureDaemonMemory(keys = KEYS): Promise<DaemonMemory> {
     const dp = Datapath.open('bench', pins);
     let bucketMapMiB: number;
     try {
-      const K = dp.abi.bucketKey;
-      const V = dp.abi.bucket;
-      const buckets = dp.map('buckets');
-      const dropStats = dp.map('drop_stats');
-      const D = dp.abi.dropStats;
-      const key = K.alloc();
-      const value = V.alloc();
-      const drops = Buffer.alloc(dropStats.valueBufferSize);
-      for (let i = 0; i < keys; i++) {
-        key.fill(0);
-        key.writeUInt16BE(0xffff, K.field('src').offset + 10);
-        key.writeUInt32BE(0xc6120000 + i, K.field('src').offset + 12); // 198.18.0.0/15, v4-mapped
-        writeU16(key, K.field('dport').offset, 443);
-        buckets.update(key, value);
-        // drops are counted per CPU: put them all on CPU 0
-        writeU64(drops, D.field('drops').offset, BigInt((i * 7919) % 100_003));
-        dropStats.update(key, drops);
-      }
-      const info = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'id', String(mapId(buckets))])) as { bytes_memlock?: number };
+      fillKeys(dp, keys, (i) => BigInt((i * 7919) % 100_003)); // 198.18.0.0/15, v4-mapped
+      const info = JSON.parse(sh(['bpftool', '-j', 'map', 'show', 'id', String(mapId(dp.maps.buckets.raw))])) as { bytes_memlock?: number };
       bucketMapMiB = (info.bytes_memlock ?? NaN) / 2 ** 20;
     } finally {
       dp.close();

@@ -12,7 +12,7 @@
 import { fileURLToPath } from 'node:url';
 import { BpfObject, type BpfMap, type Program } from '@xdp-ts/loader';
 import { canonicalValue, defaults, resolve } from '../src/config/variables.js';
-import type { DatapathConfig } from '../src/control/abi.js';
+import type { DatapathConfig } from '../src/domain/limits.js';
 import { Datapath } from '../src/control/datapath.js';
 import { NET, inNs, trySh, type Topology } from './topology.js';
 

@@ -46,8 +46,8 @@ interface Memory {
 function memory(dp: Datapath): Memory {
   const MiB = 2 ** 20;
   return {
-    bucketsMemlockMiB: mapMemlock(dp.map('buckets').info().id) / MiB,
-    flowsMemlockMiB: mapMemlock(dp.map('udp_flows').info().id) / MiB,
+    bucketsMemlockMiB: mapMemlock(dp.maps.buckets.raw.info().id) / MiB,
+    flowsMemlockMiB: mapMemlock(dp.maps.udpFlows.raw.info().id) / MiB,
     slabMiB: meminfoKiB('Slab') / 1024,
     percpuMiB: meminfoKiB('Percpu') / 1024,
     rssMiB: process.memoryUsage().rss / MiB,
@@ -82,7 +82,7 @@ export async function flood(sources: number): Promise<Record<string, unknown>> {
     attach(t, dp.program, 'connrate_xdp');
     const sc = SCENARIOS.find((s) => s.name === 'spoofed-syn-flood')!;
     const req = { cmd: 'run', dev: NET.genIf, frame: wireFrame(sc.spec, dut.genMac, dut.dutMac).toString('hex'), rewrite: REWRITE[sc.rewrite], seconds: CHUNK_SECONDS };
-    const capacity = { buckets: dp.map('buckets').maxEntries, flows: dp.map('udp_flows').maxEntries };
+    const capacity = { buckets: dp.maps.buckets.raw.maxEntries, flows: dp.maps.udpFlows.raw.maxEntries };
     const before = memory(dp);
     const chunks: { seen: number; mpps: number; trackedBuckets: number; burstAdmitted: number; establishedPassed: number }[] = [];
     let seen = 0;
@@ -94,7 +94,7 @@ export async function flood(sources: number): Promise<Record<string, unknown>> {
       const r = await running;
       const delta = Number(dp.counters().seen - s0) - 108; // the check's own test runs are counted too
       seen += delta;
-      const trackedBuckets = dp.map('buckets').count();
+      const trackedBuckets = dp.maps.buckets.count();
       chunks.push({ seen: delta, mpps: delta / (r.elapsedNs! / 1e9) / 1e6, trackedBuckets, burstAdmitted: legit.burstAdmitted, establishedPassed: legit.establishedPassed });
       process.stderr.write(`[flood] ${(seen / 1e6).toFixed(2)}M sources, ${chunks.at(-1)!.mpps.toFixed(3)} Mpps, buckets ${trackedBuckets}/${capacity.buckets}, legit burst ${legit.burstAdmitted}, established ${legit.establishedPassed}/100 (counted ${legit.establishedCounted})\n`);
       if (trackedBuckets > capacity.buckets) throw new Error('the bucket map grew past its capacity');
@@ -108,8 +108,8 @@ export async function flood(sources: number): Promise<Record<string, unknown>> {
       distinctSourcesEstimate: Math.round(seen - (seen * seen) / 2 ** 33),
       mppsHeld: chunks.map((x) => Number(x.mpps.toFixed(3))),
       capacity,
-      trackedBuckets: dp.map('buckets').count(),
-      trackedFlows: dp.map('udp_flows').count(),
+      trackedBuckets: dp.maps.buckets.count(),
+      trackedFlows: dp.maps.udpFlows.count(),
       legitimate: { rounds: chunks.length, burstAdmittedEachRound: [...new Set(chunks.map((x) => x.burstAdmitted))], establishedPassedEachRound: [...new Set(chunks.map((x) => x.establishedPassed))] },
       counters: { new_allowed: Number(c.new_allowed), new_dropped: Number(c.new_dropped), bucket_fallback: Number(c.bucket_fallback) },
       memoryBefore: before,

@@ -28,7 +28,10 @@ import { spawn } from 'node:child_process';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, type Program } from '@xdp-ts/loader';
-import { type DatapathConfig, clockAt, writeU16, writeU64 } from '../src/control/abi.js';
+import { TOKEN } from '../src/control/abi.js';
+import { CrBucketKey, CrProto } from '../src/control/datapath.gen.js';
+import { addrBytes, v4Bytes } from '../src/domain/addr.js';
+import { type DatapathConfig, clockAt } from '../src/domain/limits.js';
 import { Datapath, type MapSizes } from '../src/control/datapath.js';
 import { frame, type FrameSpec } from '../tests/helpers/frame.js';
 
@@ -87,28 +90,17 @@ function overLimit(dp: Datapath, data: Buffer): void {
 
 /** Fill the bucket map with `n` keys: IPv6 /64s 2001:db8:<i>::/64 (the cycle6 sources) or v4 sources on another port. */
 function prefill(dp: Datapath, n: number, kind: 'cycle6' | 'other', ahead: bigint): void {
-  const K = dp.abi.bucketKey;
-  const V = dp.abi.bucket;
-  const buckets = dp.map('buckets');
-  const key = K.alloc();
-  const value = V.alloc();
+  const buckets = dp.maps.buckets;
   const cfg = dp.appliedConfig();
   if (!cfg) throw new Error('prefill: no configuration applied');
-  const tat = clockAt(cfg.clocks.tcp, dp.now(), dp.abi.token) + ahead * dp.abi.token;
-  writeU64(value, V.field('tat').offset, tat);
-  const src = K.field('src').offset;
+  const value = { tat: clockAt(cfg.clocks.tcp, dp.now(), TOKEN) + ahead * TOKEN, lastEventNs: 0n };
+  // cycle6: 2001:db8:<i>::/64; other: 198.19.0.0/16 and on, port 444 (never sent by this bench)
+  const src = kind === 'cycle6' ? addrBytes('2001:db8::') : addrBytes('198.19.0.0');
+  const bits = kind === 'cycle6' ? src.subarray(4, 8) : v4Bytes(src);
+  const word = new DataView(bits.buffer, bits.byteOffset, 4);
+  const key = { ...CrBucketKey.zero(), src: { bytes: src }, dport: kind === 'cycle6' ? 443 : 444, proto: CrProto.CR_PROTO_TCP };
   for (let i = 0; i < n; i++) {
-    key.fill(0);
-    if (kind === 'cycle6') {
-      key.writeUInt32BE(0x20010db8, src);
-      key.writeUInt32BE(i, src + 4);
-      writeU16(key, K.field('dport').offset, 443);
-    } else {
-      key.writeUInt16BE(0xffff, src + 10);
-      key.writeUInt32BE(0xc6130000 + i, src + 12); // 198.19.0.0/16 and on: never sent by this bench
-      writeU16(key, K.field('dport').offset, 444);
-    }
-    key[K.field('proto').offset] = dp.abi.proto.tcp;
+    word.setUint32(0, kind === 'cycle6' ? i : 0xc6130000 + i);
     buckets.update(key, value);
   }
 }
@@ -140,7 +132,7 @@ const COLD: Case[] = [
     rewrite: 'spoof6',
     repeat: REPEAT,
     cold: true,
-    prepare: (dp) => prefill(dp, dp.map('buckets').maxEntries, 'other', 0n),
+    prepare: (dp) => prefill(dp, dp.maps.buckets.raw.maxEntries, 'other', 0n),
   },
 ];
 

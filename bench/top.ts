@@ -4,9 +4,9 @@
  * port, protocol) keys, then time the batch reads the commands do.
  */
 import { fileURLToPath } from 'node:url';
-import { writeU16, writeU64 } from '../src/control/abi.js';
-import { readStats, readTop } from '../src/control/commands.js';
 import { Datapath } from '../src/control/datapath.js';
+import { readStats, readTop } from '../src/control/queries.js';
+import { fillKeys } from './keys.js';
 import { BASE_CONFIG } from '../tests/kernel/harness.js';
 
 const KEYS = 1 << 20;
@@ -24,27 +24,9 @@ export function measureTop(keys = KEYS): TopBench {
   const dp = Datapath.load({ sizes: { buckets: Math.ceil(keys * 1.25), udpFlows: 1024 } });
   try {
     dp.applyConfig(BASE_CONFIG);
-    const K = dp.abi.bucketKey;
-    const V = dp.abi.bucket;
-    const buckets = dp.map('buckets');
-    const dropStats = dp.map('drop_stats');
-    const D = dp.abi.dropStats;
-    const key = K.alloc();
-    const value = V.alloc();
-    const drops = Buffer.alloc(dropStats.valueBufferSize);
     const t0 = performance.now();
-    for (let i = 0; i < keys; i++) {
-      // 198.18.0.0/15 sources, v4-mapped; one port; drops vary so top has to sort
-      key.fill(0);
-      key.writeUInt16BE(0xffff, K.field('src').offset + 10);
-      key.writeUInt32BE(0xc6120000 + i, K.field('src').offset + 12);
-      writeU16(key, K.field('dport').offset, 443);
-      writeU64(value, V.field('tat').offset, 0n);
-      buckets.update(key, value);
-      // drops are counted per CPU: put them all on CPU 0
-      writeU64(drops, D.field('drops').offset, BigInt((i * 7919) % 100_003));
-      dropStats.update(key, drops);
-    }
+    // 198.18.0.0/15 sources, v4-mapped; one port; drops vary so top has to sort
+    fillKeys(dp, keys, (i) => BigInt((i * 7919) % 100_003));
     const fillMs = performance.now() - t0;
     const t1 = performance.now();
     const top = readTop(dp, 20);

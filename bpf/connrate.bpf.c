@@ -3,14 +3,19 @@
  * connrate.bpf.c — per-(source, destination port, protocol) new-connection rate
  * limiting in XDP. Layouts shared with user space: connrate.h.
  *
- * Per packet: parse (VLANs, IPv4/IPv6, TCP/UDP) → is the limit on for this
+ * Per packet, in this order: parse (VLANs, IPv4/IPv6, TCP/UDP) → the
+ * configuration in force (none applied yet: pass) → is the limit on for this
  * protocol and port → is the destination local (inline for a few addresses)
  * → is it a new connection (TCP SYN without ACK; UDP flow not seen within the
- * timeout) → this CPU's drop cache (a key known to be over its limit: drop,
+ * timeout) → the key's has_bucket bit, in its first-seen group; set: this
+ * CPU's drop cache (a key known to be over its limit in this tick: drop,
  * touching only per-CPU lines) → is the source exempt (a non-default route or
- * the admin list) → the key's first-seen group (a new key: one record, one
- * CAS) or its GCRA bucket, updated by compare-and-swap so the limit is exact
- * across CPUs → the shared fallback bucket when a key cannot be stored.
+ * the admin list) → has_bucket clear: the first-seen group admits a new key
+ * (one record, one CAS) without a bucket lookup; set, or a second packet
+ * within a token, or a full group: its GCRA bucket, updated by
+ * compare-and-swap so the limit is exact across CPUs → the shared fallback
+ * bucket when a key cannot be stored → a drop fills this CPU's drop cache and
+ * (once a minute per key) sends a log event.
  *
  * Shared cache lines written, per path (everything else is per CPU):
  *   drop, key in the drop cache ......... none

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * connrate.h — every struct and constant that crosses the boundary between the
- * XDP program (connrate.bpf.c) and user space. User space reads the layouts
- * from the object's BTF and checks its codecs against them (tests/kernel/abi).
+ * XDP program (connrate.bpf.c) and user space. User space's codecs are
+ * generated from the object's BTF (src/control/datapath.gen.ts, `npm run gen`).
  *
  * Conventions: addresses are 16 bytes, IPv4 as v4-mapped IPv6 (::ffff:a.b.c.d),
  * in network byte order. Ports are in host byte order. Times are nanoseconds of
@@ -234,9 +234,7 @@ struct cr_config {
 	__u32 all_ports[CR_PROTO_COUNT]; /* 1: every port is monitored */
 	__u32 ipv6_mask[4];              /* source mask for IPv6 buckets, network order */
 	__u32 valid;                     /* 0 until user space writes the slot */
-	__u32 log_anonymize;             /* for the daemon's log lines; unused here */
 	__u32 exempt_count;              /* prefixes tagged with this slot; 0 skips the lookup */
-	__u32 pad;
 	__u64 ports[CR_PROTO_COUNT][CR_PORT_WORDS]; /* bit p set: port p monitored */
 };
 

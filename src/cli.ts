@@ -11,7 +11,7 @@ import { missingDatapathCaps, requiredDatapathCaps } from './caps.js';
 import { bashCompletion } from './completion.js';
 import { Store } from './config/store.js';
 import { APPLICATION, VARIABLES, canonicalValue, checkApplication, lookupVariable, valueWarnings } from './config/variables.js';
-import type { Stats } from './control/commands.js';
+import type { Stats } from './control/queries.js';
 import type { XdpModeChoice } from './control/daemon.js';
 import type { PortRow } from './control/metrics.js';
 import { DEFAULT_METRICS, DEFAULT_TOP_PORTS, parseListen } from './control/listen.js';
@@ -65,14 +65,15 @@ function keywords(op: string, words: string[], expected: readonly string[], opti
 /** The datapath modules, loaded only by commands that need the native addon. */
 async function datapathModules(op: string) {
   try {
-    const [commands, daemon, datapath, metrics, pins] = await Promise.all([
+    const [commands, daemon, datapath, metrics, pins, queries] = await Promise.all([
       import('./control/commands.js'),
       import('./control/daemon.js'),
       import('./control/datapath.js'),
       import('./control/metrics.js'),
       import('./control/pins.js'),
+      import('./control/queries.js'),
     ]);
-    return { ...commands, ...daemon, ...datapath, ...metrics, ...pins };
+    return { ...commands, ...daemon, ...datapath, ...metrics, ...pins, ...queries };
   } catch (err) {
     throw new ConnrateError(
       op,

@@ -154,6 +154,17 @@ class Emitter {
     this.#line(`  '${s.name}',`);
     this.#line(`  ${s.size},`);
     this.#line(`  { ${fields.map((f) => `${f.ts}: ${f.offset}`).join(', ')} },`);
+    this.#line('  {');
+    for (const f of fields) this.#line(`    ${f.ts}: (b, o) => ${decodeExpr(f.shape, at('o', f.offset), 0)},`);
+    this.#line('  },');
+    const arrays = fields.filter((f) => f.shape.kind === 'array');
+    this.#line(arrays.length ? '  {' : '  {},');
+    for (const f of arrays) {
+      if (f.shape.kind !== 'array') continue;
+      const i = `xt.index(i, ${f.shape.count}, '${s.name}.${f.name}')`;
+      this.#line(`    ${f.ts}: (b, o, i) => ${decodeExpr(f.shape.elem, `${at('o', f.offset)} + ${i} * ${f.shape.stride}`, 0)},`);
+    }
+    if (arrays.length) this.#line('  },');
     this.#line(`  (b, o) => ({`);
     for (const f of fields) this.#line(`    ${f.ts}: ${decodeExpr(f.shape, at('o', f.offset), 0)},`);
     this.#line('  }),');
@@ -183,6 +194,8 @@ class Emitter {
       this.#line(`  ${id}: xt.${perCpu ? 'perCpuMapDef' : 'mapDef'}('${m.desc.name}', ${type}, ${codecExpr(m.key)}, ${codecExpr(m.value)}),`);
     }
     this.#line('} as const;');
+    this.#line('/** The maps once opened (xt.openMaps(maps, ...)): each one\'s typed wrapper. */');
+    this.#line('export type Maps = xt.OpenedMaps<typeof maps>;');
   }
 
   #globalsSection(): void {
@@ -225,6 +238,10 @@ class Emitter {
     for (const n of sNames) this.#line(`  '${n}',`);
     this.#line('];');
     this.#line(`const layoutEnums = [${eNames.map((n) => `'${n}'`).join(', ')}];`);
+    this.#line(`/** SHA-256 (hex) of \`obj\`'s layouts of the structs and enums above: LAYOUT_SHA256 when \`obj\` matches this module. */`);
+    this.#line('export function fingerprint(obj: xt.BpfObject): string {');
+    this.#line('  return xt.objectFingerprint(obj, layoutStructs, layoutEnums);');
+    this.#line('}');
     this.#line(`/** Throw unless \`obj\` (opened or loaded) has the layouts this module was generated from. */`);
     this.#line('export function checkLayout(obj: xt.BpfObject): void {');
     this.#line(`  xt.checkLayout(obj, '${this.objName}', LAYOUT_SHA256, layoutStructs, layoutEnums);`);

@@ -13,8 +13,8 @@ export {
 export { RingBufferReader } from './ringbuf.js';
 export { flock, ifIndex, ifName } from './sys.js';
 export {
-  checkLayout, codec, codecs, hostOrder, mapDef, objectLayout, perCpuMapDef, rawMapDef, readArray, readBytes, setGlobals,
-  structCodec, TypedMap, TypedPerCpuMap, writeArray, writeBytes,
-  type Codec, type GlobalDefs, type MapDef, type StructCodec, type TypedBatch,
+  checkLayout, closeMaps, codec, codecs, hostOrder, index, mapDef, objectFingerprint, objectLayout, openMaps, perCpuMapDef, rawMapDef,
+  readArray, readBytes, setGlobals, structCodec, TypedMap, TypedPerCpuMap, writeArray, writeBytes,
+  type Codec, type ElementReaders, type FieldReaders, type GlobalDefs, type MapDef, type OpenedMaps, type StructCodec, type TypedBatch,
 } from './typed.js';
 export { generate, type GenerateOptions } from './gen.js';

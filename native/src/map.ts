@@ -30,9 +30,10 @@ export interface MapInfo { id: number; name: string; type: number; keySize: numb
 
 /**
  * A run of entries from one BpfMap.batchLookup() step, in two contiguous
- * buffers: entry i is keys[i*keyStride…] and values[i*valueStride…]
- * (valueStride is the map's valueBufferSize: per-CPU values are the raw
- * concatenation). key(i) and value(i) are views into them.
+ * buffers: entry i's key is at keys[keyAt(i)…] and its value at
+ * values[valueAt(i)…] (valueStride is the map's valueBufferSize: per-CPU
+ * values are the raw concatenation, one every cpuStride bytes, so entry i's
+ * value on a CPU is at valueAt(i, cpu)). key(i) and value(i) are views.
  */
 export class MapBatch {
   constructor(
@@ -43,14 +44,26 @@ export class MapBatch {
     readonly valueStride: number,
     /** The walk is over: no further entries. */
     readonly done: boolean,
+    /** Bytes from one CPU's value to the next (per-CPU maps: round_up(valueSize, 8)); valueStride otherwise. */
+    readonly cpuStride: number = valueStride,
   ) {}
 
+  /** Where entry i's key starts in `keys`. */
+  keyAt(i: number): number {
+    return i * this.keyStride;
+  }
+
+  /** Where entry i's value starts in `values`; for a per-CPU map, its value on `cpu`. */
+  valueAt(i: number, cpu = 0): number {
+    return i * this.valueStride + cpu * this.cpuStride;
+  }
+
   key(i: number): Buffer {
-    return this.keys.subarray(i * this.keyStride, (i + 1) * this.keyStride);
+    return this.keys.subarray(this.keyAt(i), this.keyAt(i + 1));
   }
 
   value(i: number): Buffer {
-    return this.values.subarray(i * this.valueStride, (i + 1) * this.valueStride);
+    return this.values.subarray(this.valueAt(i), this.valueAt(i + 1));
   }
 }
 
@@ -101,6 +114,8 @@ export class BpfMap {
   readonly perCpu: boolean;
   /** Size of a value buffer as the kernel reads/writes it: valueSize, or round_up(valueSize, 8) * numPossibleCpus(). */
   readonly valueBufferSize: number;
+  /** In a per-CPU map's value buffer, bytes from one CPU's value to the next (round_up(valueSize, 8)); valueSize otherwise. */
+  readonly cpuStride: number;
   readonly [kHandle]: FdHandle;
   #closed = false;
 
@@ -115,7 +130,8 @@ export class BpfMap {
     this.valueSize = info.valueSize;
     this.maxEntries = info.maxEntries;
     this.perCpu = PERCPU_TYPES.has(info.type);
-    this.valueBufferSize = this.perCpu ? roundUp8(info.valueSize) * numPossibleCpus() : info.valueSize;
+    this.cpuStride = this.perCpu ? roundUp8(info.valueSize) : info.valueSize;
+    this.valueBufferSize = this.cpuStride * (this.perCpu ? numPossibleCpus() : 1);
   }
 
   static fromPinned(path: string): BpfMap {
@@ -213,7 +229,7 @@ export class BpfMap {
     if (!(cursor instanceof MapBatchCursor)) throw new TypeError(`${op}: cursor must be a MapBatchCursor`);
     checkU32(op, 'count', count, 1);
     const state = cursorState(cursor);
-    if (state.done) return new MapBatch(0, Buffer.alloc(0), Buffer.alloc(0), this.keySize, this.valueBufferSize, true);
+    if (state.done) return this.#batch(0, Buffer.alloc(0), Buffer.alloc(0), true);
     if (state.mode === 'keys') return this.#batchByKeys(state, count);
     let n = count;
     for (;;) {
@@ -236,8 +252,12 @@ export class BpfMap {
       state.mode = 'batch';
       state.token = r.token;
       state.done = r.done;
-      return new MapBatch(r.count, r.keys, r.values, this.keySize, this.valueBufferSize, r.done);
+      return this.#batch(r.count, r.keys, r.values, r.done);
     }
+  }
+
+  #batch(count: number, keys: Buffer, values: Buffer, done: boolean): MapBatch {
+    return new MapBatch(count, keys, values, this.keySize, this.valueBufferSize, done, this.cpuStride);
   }
 
   #batchByKeys(state: CursorState, count: number): MapBatch {
@@ -259,7 +279,7 @@ export class BpfMap {
       value.copy(values, n * this.valueBufferSize);
       n++;
     }
-    return new MapBatch(n, keys, values, this.keySize, this.valueBufferSize, state.done);
+    return this.#batch(n, keys, values, state.done);
   }
 
   /** Every non-empty batch of a full walk (batchLookup with a fresh cursor until done). */

@@ -1,6 +1,8 @@
 // The run-time half of generated modules (see gen.ts): host-order scalar
-// access, codecs, typed map wrappers, global setters and the layout check.
-// Generated code supplies the offsets and strides, taken from BTF.
+// access, codecs (whole values, single members, single array elements),
+// typed map wrappers and opening every map of a module at once, global
+// setters, and the layout fingerprint and check. Generated code supplies the
+// offsets and strides, taken from BTF.
 import { endianness } from 'node:os';
 import { native } from './binding.js';
 import { BtfTable, describeLayouts, layoutFingerprint } from './btf.js';
@@ -45,11 +47,23 @@ export interface Codec<T> {
   zero(): T;
 }
 
-/** A struct's codec, with its member offsets (from BTF) for reading single fields in place. */
+/** Reads one member of a struct in place: `get.count(buf, structOffset)`. */
+export type FieldReaders<T> = { readonly [K in keyof T]: (b: Buffer, offset?: number) => T[K] };
+
+/** The array members of T, each with its element type. */
+type ArrayMembers<T> = { [K in keyof T as T[K] extends readonly unknown[] ? K : never]: T[K] extends readonly (infer E)[] ? E : never };
+/** Reads one element of an array member in place: `at.hist(buf, structOffset, i)`. */
+export type ElementReaders<T> = { readonly [K in keyof ArrayMembers<T>]: (b: Buffer, offset: number, i: number) => ArrayMembers<T>[K] };
+
+/** A struct's codec, with its member offsets (from BTF) and readers of single members in place. */
 export interface StructCodec<T, F extends string = string> extends Codec<T> {
   /** The C struct name. */
   readonly name: string;
   readonly offsets: Readonly<Record<F, number>>;
+  /** Decode one member of the struct that starts at `offset`, without decoding the others. */
+  readonly get: FieldReaders<T>;
+  /** Decode element i of an array member (of its outermost dimension), without decoding the others. */
+  readonly at: ElementReaders<T>;
 }
 
 export function codec<T>(size: number, decode: (b: Buffer, o: number) => T, encodeInto: (v: T, b: Buffer, o: number) => void): Codec<T> {
@@ -77,10 +91,29 @@ export function structCodec<T, F extends string>(
   name: string,
   size: number,
   offsets: Readonly<Record<F, number>>,
+  readers: { readonly [K in keyof T]: (b: Buffer, o: number) => T[K] },
+  elementReaders: { readonly [K in keyof ArrayMembers<T>]: (b: Buffer, o: number, i: number) => ArrayMembers<T>[K] },
   decode: (b: Buffer, o: number) => T,
   encodeInto: (v: T, b: Buffer, o: number) => void,
 ): StructCodec<T, F> {
-  return { ...codec(size, decode, encodeInto), name, offsets };
+  const fits = (what: PropertyKey, b: Buffer, o: number): void => {
+    if (o < 0 || o + size > b.length) throw new RangeError(`${name}.${String(what)}: a ${size}-byte struct at ${o} does not fit in ${b.length}`);
+  };
+  const get = {} as Record<keyof T, (b: Buffer, o?: number) => unknown>;
+  for (const [k, read] of Object.entries(readers) as [keyof T, (b: Buffer, o: number) => unknown][]) {
+    get[k] = (b, o = 0) => (fits(k, b, o), read(b, o));
+  }
+  const at = {} as Record<string, (b: Buffer, o: number, i: number) => unknown>;
+  for (const [k, read] of Object.entries(elementReaders) as [string, (b: Buffer, o: number, i: number) => unknown][]) {
+    at[k] = (b, o, i) => (fits(k, b, o), read(b, o, i));
+  }
+  return { ...codec(size, decode, encodeInto), name, offsets, get: get as FieldReaders<T>, at: at as ElementReaders<T> };
+}
+
+/** `i` if it indexes an array of `count` elements; else a RangeError naming the member. */
+export function index(i: number, count: number, what: string): number {
+  if (!Number.isInteger(i) || i < 0 || i >= count) throw new RangeError(`${what}: index ${i} is not in 0..${count - 1}`);
+  return i;
 }
 
 /** Codecs of the C scalar types, and of byte arrays. */
@@ -147,6 +180,11 @@ export class TypedMap<K, V> {
     return v === undefined ? undefined : this.value.decode(v);
   }
 
+  /** The value's bytes, not decoded (read single members in place with the struct codec's `get`). */
+  lookupRaw(k: K): Buffer | undefined {
+    return this.raw.lookup(this.key.encode(k));
+  }
+
   update(k: K, v: V, flag: UpdateFlag = 'any'): void {
     this.raw.update(this.key.encode(k), this.value.encode(v), flag);
   }
@@ -167,7 +205,7 @@ export class TypedMap<K, V> {
   batchLookup(cursor: MapBatchCursor, count: number): TypedBatch<K, V> {
     const b = this.raw.batchLookup(cursor, count);
     const entries: [K, V][] = [];
-    for (let i = 0; i < b.count; i++) entries.push([this.key.decode(b.keys, i * b.keyStride), this.value.decode(b.values, i * b.valueStride)]);
+    for (let i = 0; i < b.count; i++) entries.push([this.key.decode(b.keys, b.keyAt(i)), this.value.decode(b.values, b.valueAt(i))]);
     return { entries, done: b.done };
   }
 
@@ -229,7 +267,7 @@ export class TypedPerCpuMap<K, V> {
   batchLookup(cursor: MapBatchCursor, count: number): TypedBatch<K, V[]> {
     const b = this.raw.batchLookup(cursor, count);
     const entries: [K, V[]][] = [];
-    for (let i = 0; i < b.count; i++) entries.push([this.key.decode(b.keys, i * b.keyStride), this.#split(b.values, i * b.valueStride)]);
+    for (let i = 0; i < b.count; i++) entries.push([this.key.decode(b.keys, b.keyAt(i)), this.#split(b.values, b.valueAt(i))]);
     return { entries, done: b.done };
   }
 
@@ -274,6 +312,30 @@ export function perCpuMapDef<K, V>(name: string, type: number, key: Codec<K>, va
   return defineMap(name, type, (m) => new TypedPerCpuMap(m, key, value));
 }
 
+/** What the opened maps of a generated module's `maps` are: each map's typed wrapper, by the same key. */
+export type OpenedMaps<D> = { readonly [K in keyof D]: D[K] extends MapDef<infer M> ? M : never };
+
+/**
+ * Open every map of `defs` (a generated module's `maps`): `get` gives the
+ * BpfMap of a definition (e.g. `(d) => obj.map(d.name)`, or a pin), which is
+ * then checked and wrapped. All or nothing: a failure closes those already opened.
+ */
+export function openMaps<D extends Readonly<Record<string, MapDef<{ close(): void }>>>>(defs: D, get: (def: D[keyof D]) => BpfMap): OpenedMaps<D> {
+  const opened: Record<string, { close(): void }> = {};
+  try {
+    for (const [key, def] of Object.entries(defs) as [string, D[keyof D]][]) opened[key] = def.wrap(get(def));
+  } catch (e) {
+    closeMaps(opened);
+    throw e;
+  }
+  return opened as OpenedMaps<D>;
+}
+
+/** Close every map that openMaps() returned. */
+export function closeMaps(maps: Readonly<Record<string, { close(): void }>>): void {
+  for (const m of Object.values(maps)) m.close();
+}
+
 /** A map without key/value types in BTF (ring buffers, program arrays...): a plain BpfMap. */
 export function rawMapDef(name: string, type: number): MapDef<BpfMap> {
   return defineMap(name, type, (m) => m);
@@ -315,6 +377,19 @@ export function setGlobals<G>(obj: BpfObject, defs: GlobalDefs<G>, values: Parti
 export function objectLayout(obj: BpfObject, structs: readonly string[], enums: readonly string[]): string {
   const types = call('objectLayout', 'other', () => native.btfTypes(obj[kHandle]));
   return describeLayouts(new BtfTable(types), structs, enums);
+}
+
+/**
+ * SHA-256 (hex) of the object's layouts of these structs and enums: what a
+ * generated module records as LAYOUT_SHA256 when made from this object.
+ */
+export function objectFingerprint(obj: BpfObject, structs: readonly string[], enums: readonly string[]): string {
+  try {
+    return layoutFingerprint(objectLayout(obj, structs, enums));
+  } catch (e) {
+    if (e instanceof BpfError) throw e;
+    throw new BpfError('objectFingerprint', Errno.EINVAL, `${obj.path}: ${(e as Error).message}`);
+  }
 }
 
 /**

@@ -8,7 +8,9 @@ import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BpfError, BpfObject, MapBatchCursor, XDP_ACTION, generate, hostOrder, numPossibleCpus } from '../src/index.js';
+import {
+  BpfError, BpfMap, BpfObject, MAP_TYPE, MapBatchCursor, XDP_ACTION, closeMaps, generate, hostOrder, numPossibleCpus, openMaps,
+} from '../src/index.js';
 import { main, type CliIo } from '../src/gen-cli.js';
 import { recordedOptions } from '../src/gen.js';
 import { compileFixtures, packet, u32, type Fixtures } from './helpers.js';
@@ -197,6 +199,17 @@ describe('the generated module against the kernel', () => {
       raw.forEach((b) => expect(xtl.XtlRec.encode(xtl.XtlRec.decode(b))).toEqual(b));
       // single fields in place, at BTF's offsets
       expect(hostOrder.readU64(raw[0]!, xtl.XtlRec.offsets.count)).toBe(1n);
+      expect(xtl.XtlRec.get.count(raw[0]!)).toBe(1n);
+      expect(xtl.XtlRec.get.pts(raw[0]!)).toEqual([{ x: 64, y: -64 }, { x: 64, y: -64 }]);
+      expect(() => xtl.XtlRec.get.count(raw[0]!, 8)).toThrow(/xtl_rec.count: a 72-byte struct at 8 does not fit/);
+      // single elements of array members, in place
+      expect(xtl.XtlRec.at.hist(raw[0]!, 0, 0)).toEqual(per[0]!.hist[0]);
+      expect(xtl.XtlRec.at.pts(raw[0]!, 0, 1)).toEqual({ x: 64, y: -64 });
+      expect(() => xtl.XtlRec.at.pts(raw[0]!, 0, 2)).toThrow(/xtl_rec.pts: index 2 is not in 0..1/);
+      // and in a raw batch: entry i's value on each CPU
+      const batch = recs.raw.batchLookup(new MapBatchCursor(), 8);
+      expect(batch.count).toBe(1);
+      for (let cpu = 0; cpu < cpus; cpu++) expect(xtl.XtlRec.get.count(batch.values, batch.valueAt(0, cpu))).toBe(BigInt(cpu + 1));
 
       // encode -> kernel -> the program reads it: count continues from what we wrote, per CPU
       recs.update(17, per.map((r, cpu) => ({ ...r, count: 100n + BigInt(cpu) })));
@@ -231,6 +244,7 @@ describe('the generated module against the kernel', () => {
         bytes: BigInt(64 * (1 + cpus * (cpus + 1) / 2)),
       } satisfies xtl.XtlVal);
       expect(stats.lookup(key)).toEqual(value);
+      expect(xtl.XtlVal.get.bytes(stats.lookupRaw(key)!)).toBe(value.bytes); // one member, in place
       expect(stats.lookup({ ...key, proto: 6 })).toBeUndefined();
 
       const mine = { addr: 7, port: 8, proto: 6, pad: 0 };
@@ -270,6 +284,37 @@ describe('the generated module against the kernel', () => {
     expect(() => xtl.XtlRec.decode(Buffer.alloc(xtl.XtlRec.size - 1))).toThrow(/do not fit/);
     expect(xtl.XtlRec.size).toBe(72);
     expect(xtl.XtlEvent.size).toBe(24); // emitted by --type xtl_event
+  });
+
+  it('opens every map at once, typed, and closes them together', () => {
+    const all = openMaps(xtl.maps, (d) => obj.map(d.name));
+    try {
+      expect(all.xtlStats.count()).toBe(1);
+      expect(all.xtlRecs.lookup(17)).toHaveLength(numPossibleCpus());
+      expect(all.xtlEvents.type).toBe(MAP_TYPE.RINGBUF);
+    } finally {
+      closeMaps(all);
+    }
+    expect(all.xtlStats.raw.fd).toBe(-1);
+    // all or nothing: a map of the wrong type closes the ones already opened
+    const got: BpfMap[] = [];
+    expect(() => openMaps(xtl.maps, (d) => {
+      const m = obj.map(d.name === 'xtl_recs' ? 'xtl_hash' : d.name);
+      got.push(m);
+      return m;
+    })).toThrow(/type 1, the generated code expects 5/);
+    expect(got.every((m) => m.fd === -1)).toBe(true);
+  });
+
+  it('fingerprints an object\'s layouts as LAYOUT_SHA256 describes them', () => {
+    expect(xtl.fingerprint(obj)).toBe(xtl.LAYOUT_SHA256);
+    const other = BpfObject.open(variant);
+    try {
+      expect(xtl.fingerprint(other)).toMatch(/^[0-9a-f]{64}$/);
+      expect(xtl.fingerprint(other)).not.toBe(xtl.LAYOUT_SHA256);
+    } finally {
+      other.close();
+    }
   });
 
   it('refuses an object whose layouts differ from the generated ones', () => {

@@ -101,6 +101,7 @@ describe('BpfMap element operations', () => {
     const m = track(obj.map('xtl_percpu'));
     expect(m.perCpu).toBe(true);
     expect(m.valueBufferSize).toBe(8 * ncpu);
+    expect(m.cpuStride).toBe(8);
     // one value replicated to every CPU
     m.update(u32(1), u64(5));
     expect(m.lookupPerCpu(u32(1))).toEqual(Array.from({ length: ncpu }, () => u64(5)));
@@ -118,6 +119,14 @@ describe('BpfMap element operations', () => {
     prog.testRun({ data: packet(), repeat: 250 });
     const sum = (m.lookupPerCpu(u32(0)) ?? []).reduce((s, b) => s + b.readBigUInt64LE(0), 0n);
     expect(sum).toBe(250n);
+
+    // in a batch: entry i's value on each CPU, in place
+    m.update(u32(1), all);
+    const b = m.batchLookup(new MapBatchCursor(), 2);
+    expect(b.cpuStride).toBe(8);
+    const i = [0, 1].find((j) => b.key(j).readUInt32LE(0) === 1)!;
+    expect(Array.from({ length: ncpu }, (_, cpu) => b.values.readBigUInt64LE(b.valueAt(i, cpu)))).toEqual(Array.from({ length: ncpu }, (_, cpu) => BigInt(cpu + 1)));
+    expect(b.key(i)).toEqual(b.keys.subarray(b.keyAt(i), b.keyAt(i) + m.keySize));
   });
 });
 
@@ -135,12 +144,12 @@ describe('BpfMap iteration', () => {
       const r = m.batchLookup(cursor, 1000);
       calls++;
       expect(r.count).toBeLessThanOrEqual(1000);
-      expect([r.keyStride, r.valueStride]).toEqual([m.keySize, m.valueBufferSize]);
+      expect([r.keyStride, r.valueStride, r.cpuStride]).toEqual([m.keySize, m.valueBufferSize, m.valueBufferSize]);
       expect(r.keys.length).toBeGreaterThanOrEqual(r.count * m.keySize);
       expect(r.values.length).toBeGreaterThanOrEqual(r.count * m.valueBufferSize);
       for (let i = 0; i < r.count; i++) {
         seen.set(r.key(i).readUInt32LE(0), r.value(i).readBigUInt64LE(0));
-        sum += r.values.readBigUInt64LE(i * r.valueStride); // in place, no Buffer per entry
+        sum += r.values.readBigUInt64LE(r.valueAt(i)); // in place, no Buffer per entry
       }
       if (r.done) break;
       expect(calls).toBeLessThan(100);

@@ -37,6 +37,13 @@ export const XtlEvent: xt.StructCodec<XtlEvent, 'seq' | 'magic' | 'len' | 'verdi
   'xtl_event',
   24,
   { seq: 0, magic: 8, len: 16, verdict: 20 },
+  {
+    seq: (b, o) => h.readU64(b, o),
+    magic: (b, o) => h.readU64(b, o + 8),
+    len: (b, o) => h.readU32(b, o + 16),
+    verdict: (b, o) => h.readU32(b, o + 20),
+  },
+  {},
   (b, o) => ({
     seq: h.readU64(b, o),
     magic: h.readU64(b, o + 8),
@@ -66,6 +73,13 @@ export const XtlKey: xt.StructCodec<XtlKey, 'addr' | 'port' | 'proto' | 'pad'> =
   'xtl_key',
   8,
   { addr: 0, port: 4, proto: 6, pad: 7 },
+  {
+    addr: (b, o) => h.readU32(b, o),
+    port: (b, o) => h.readU16(b, o + 4),
+    proto: (b, o) => h.readU8(b, o + 6),
+    pad: (b, o) => h.readU8(b, o + 7),
+  },
+  {},
   (b, o) => ({
     addr: h.readU32(b, o),
     port: h.readU16(b, o + 4),
@@ -91,6 +105,11 @@ export const XtlLpmKey: xt.StructCodec<XtlLpmKey, 'prefixlen' | 'addr'> = xt.str
   'xtl_lpm_key',
   8,
   { prefixlen: 0, addr: 4 },
+  {
+    prefixlen: (b, o) => h.readU32(b, o),
+    addr: (b, o) => xt.readBytes(b, o + 4, 4),
+  },
+  {},
   (b, o) => ({
     prefixlen: h.readU32(b, o),
     addr: xt.readBytes(b, o + 4, 4),
@@ -112,6 +131,11 @@ export const XtlPoint: xt.StructCodec<XtlPoint, 'x' | 'y'> = xt.structCodec(
   'xtl_point',
   4,
   { x: 0, y: 2 },
+  {
+    x: (b, o) => h.readU16(b, o),
+    y: (b, o) => h.readI16(b, o + 2),
+  },
+  {},
   (b, o) => ({
     x: h.readU16(b, o),
     y: h.readI16(b, o + 2),
@@ -149,6 +173,22 @@ export const XtlRec: xt.StructCodec<XtlRec, 'magic' | 'cpu' | 'color' | 'src' | 
   'xtl_rec',
   72,
   { magic: 0, cpu: 8, color: 12, src: 16, delta: 20, seen: 21, kind: 24, pts: 28, hist: 36, count: 64 },
+  {
+    magic: (b, o) => h.readU64(b, o),
+    cpu: (b, o) => h.readU32(b, o + 8),
+    color: (b, o) => h.readU32(b, o + 12),
+    src: (b, o) => xt.readBytes(b, o + 16, 4),
+    delta: (b, o) => h.readI8(b, o + 20),
+    seen: (b, o) => h.readBool(b, o + 21),
+    kind: (b, o) => h.readU32(b, o + 24),
+    pts: (b, o) => xt.readArray(2, (i0) => XtlPoint.decode(b, o + 28 + i0 * 4)),
+    hist: (b, o) => xt.readArray(2, (i0) => xt.readArray(3, (i1) => h.readU32(b, o + 36 + i0 * 12 + i1 * 4))),
+    count: (b, o) => h.readU64(b, o + 64),
+  },
+  {
+    pts: (b, o, i) => XtlPoint.decode(b, o + 28 + xt.index(i, 2, 'xtl_rec.pts') * 4),
+    hist: (b, o, i) => xt.readArray(3, (i0) => h.readU32(b, o + 36 + xt.index(i, 2, 'xtl_rec.hist') * 12 + i0 * 4)),
+  },
   (b, o) => ({
     magic: h.readU64(b, o),
     cpu: h.readU32(b, o + 8),
@@ -190,6 +230,15 @@ export const XtlVal: xt.StructCodec<XtlVal, 'packets' | 'flags' | 'inner' | 'byt
   'xtl_val',
   32,
   { packets: 0, flags: 8, inner: 20, bytes: 24 },
+  {
+    packets: (b, o) => h.readU64(b, o),
+    flags: (b, o) => xt.readArray(3, (i0) => h.readU32(b, o + 8 + i0 * 4)),
+    inner: (b, o) => XtlValInner.decode(b, o + 20),
+    bytes: (b, o) => h.readU64(b, o + 24),
+  },
+  {
+    flags: (b, o, i) => h.readU32(b, o + 8 + xt.index(i, 3, 'xtl_val.flags') * 4),
+  },
   (b, o) => ({
     packets: h.readU64(b, o),
     flags: xt.readArray(3, (i0) => h.readU32(b, o + 8 + i0 * 4)),
@@ -215,6 +264,11 @@ export const XtlValInner: xt.StructCodec<XtlValInner, 'a' | 'b'> = xt.structCode
   'xtl_val_inner',
   4,
   { a: 0, b: 2 },
+  {
+    a: (b, o) => h.readU16(b, o),
+    b: (b, o) => h.readU16(b, o + 2),
+  },
+  {},
   (b, o) => ({
     a: h.readU16(b, o),
     b: h.readU16(b, o + 2),
@@ -242,6 +296,8 @@ export const maps = {
   /** xtl_stats: HASH, struct xtl_key -> struct xtl_val */
   xtlStats: xt.mapDef('xtl_stats', xt.MAP_TYPE.HASH, XtlKey, XtlVal),
 } as const;
+/** The maps once opened (xt.openMaps(maps, ...)): each one's typed wrapper. */
+export type Maps = xt.OpenedMaps<typeof maps>;
 
 /** The global variables of xtl_test.bpf.o (.rodata: `const volatile`; .data; .bss), set between open and load. */
 export interface Globals {
@@ -304,6 +360,10 @@ const layoutStructs = [
   'xtl_val_inner',
 ];
 const layoutEnums = ['xtl_color', 'xtl_kind'];
+/** SHA-256 (hex) of `obj`'s layouts of the structs and enums above: LAYOUT_SHA256 when `obj` matches this module. */
+export function fingerprint(obj: xt.BpfObject): string {
+  return xt.objectFingerprint(obj, layoutStructs, layoutEnums);
+}
 /** Throw unless `obj` (opened or loaded) has the layouts this module was generated from. */
 export function checkLayout(obj: xt.BpfObject): void {
   xt.checkLayout(obj, 'xtl_test.bpf.o', LAYOUT_SHA256, layoutStructs, layoutEnums);

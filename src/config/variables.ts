@@ -2,8 +2,8 @@
  * The extc variables: parse, validate, print canonically, defaults,
  * and their meaning for the datapath.
  */
-import type { DatapathConfig } from '../control/abi.js';
-import { ALL_ADDRESSES, ALL_IPV4, AddressError, type Prefix, addrBytes, coversAll, parsePrefix } from '../control/addr.js';
+import { ALL_ADDRESSES, ALL_IPV4, AddressError, type Prefix, addrBytes, coversAll, parsePrefix } from '../domain/addr.js';
+import type { DatapathConfig } from '../domain/limits.js';
 import { InvalidValueError } from '../errors.js';
 
 export const APPLICATION = 'securepoint_firewall';
@@ -187,13 +187,17 @@ export function resolve(values: ExtcValues): DatapathConfig {
   };
 }
 
-/** Log sources with the host part zeroed? */
+/** Log sources with the host part zeroed? (The daemon's setting: the datapath does not hold it.) */
 export function anonymizeLogs(values: ExtcValues): boolean {
   return intOf(values, 'CONNECTION_RATE_LIMIT_LOG_ANONYMIZE') === 1;
 }
 
-/** The extc values a configuration in force corresponds to (for status and diffs). */
-export function fromDatapath(cfg: Omit<DatapathConfig, 'exempt'> & { exempt: readonly string[]; logAnonymize: boolean }): ExtcValues {
+/**
+ * The extc values in force: the datapath's configuration, and the daemon's
+ * settings (CONNECTION_RATE_LIMIT_LOG_ANONYMIZE), which the daemon reads from
+ * the store whenever a configuration is applied: their `stored` values.
+ */
+export function valuesInForce(cfg: DatapathConfig, stored: ExtcValues): ExtcValues {
   const list = (items: readonly (string | number)[]): string => formatList(items.map(String));
   return {
     CONNECTION_RATE_LIMIT_TCP: String(cfg.tcp.rate),
@@ -205,7 +209,7 @@ export function fromDatapath(cfg: Omit<DatapathConfig, 'exempt'> & { exempt: rea
     CONNECTION_RATE_LIMIT_EXEMPT: list([...cfg.exempt].sort()),
     CONNECTION_RATE_LIMIT_IPV6_PREFIX: String(cfg.ipv6Prefix),
     CONNECTION_RATE_LIMIT_UDP_TIMEOUT: String(cfg.udpTimeoutSec),
-    CONNECTION_RATE_LIMIT_LOG_ANONYMIZE: cfg.logAnonymize ? '1' : '0',
+    CONNECTION_RATE_LIMIT_LOG_ANONYMIZE: anonymizeLogs(stored) ? '1' : '0',
   };
 }
 

@@ -1,403 +1,138 @@
 /**
- * The datapath ABI, read from the BPF object's BTF: every struct layout and enum
- * value comes from bpf/connrate.h as compiled, never from offsets written here.
+ * Between the datapath's structs (datapath.gen.ts, generated from the BTF of
+ * bpf/connrate.h as compiled) and the control plane's types: configuration,
+ * keys, counters and events, and the ABI fingerprint. Every layout comes
+ * from the generated module; this file only converts values.
  */
-import { createHash } from 'node:crypto';
-import { endianness } from 'node:os';
-import type { BpfObject, BtfStruct } from '@xdp-ts/loader';
-import { ADDR_LEN, addrText, maskOf, parsePrefix } from './addr.js';
+import type { BpfObject } from '@xdp-ts/loader';
+import { addrText, isV4Mapped, maskOf, parsePrefix, prefixText, v4Bytes } from '../domain/addr.js';
+import { type AppliedConfig, type Clocks, type DatapathConfig, type Mode, NS_PER_SEC, PROTOS, type Proto, type ProtoLimit } from '../domain/limits.js';
+import * as gen from './datapath.gen.js';
 
-export type Proto = 'tcp' | 'udp';
-export const PROTOS: readonly Proto[] = ['tcp', 'udp'];
-export type Mode = 'block' | 'log';
-
-/** The counters of `enum cr_counter`, in the names admins see. */
-export const COUNTER_NAMES = [
-  'seen',
-  'monitored',
-  'established',
-  'exempt',
-  'not_monitored',
-  'unparsable',
-  'new_allowed',
-  'new_dropped',
-  'new_would_drop',
-  'fragment',
-  'ipv6_ext_limit',
-  'cas_exhausted',
-  'bucket_fallback',
-  'flow_insert_fail',
-  'port_stats_full',
-  'events_lost',
-  'no_config',
-  'cache_drop',
-  'first_seen',
-  'first_seen_busy',
-] as const;
-export type CounterName = (typeof COUNTER_NAMES)[number];
-
-export class AbiError extends Error {
-  constructor(message: string) {
-    super(`BPF object ABI: ${message}`);
-    this.name = 'AbiError';
-  }
-}
-
-interface Field {
-  readonly offset: number;
-  readonly size: number;
-}
-
-/** A struct's layout as BTF describes it. */
-export class Layout {
-  readonly name: string;
-  readonly size: number;
-  readonly #fields: ReadonlyMap<string, Field>;
-
-  constructor(s: BtfStruct) {
-    this.name = s.name;
-    this.size = s.size;
-    this.#fields = new Map(s.members.map((m) => [m.name, { offset: m.offset, size: m.size }]));
-  }
-
-  field(name: string): Field {
-    const f = this.#fields.get(name);
-    if (!f) throw new AbiError(`struct ${this.name} has no member ${name}`);
-    return f;
-  }
-
-  alloc(): Buffer {
-    return Buffer.alloc(this.size);
-  }
-}
-
-const LE = endianness() === 'LE';
-export function readU16(b: Buffer, off: number): number {
-  return LE ? b.readUInt16LE(off) : b.readUInt16BE(off);
-}
-export function writeU16(b: Buffer, off: number, v: number): void {
-  if (LE) b.writeUInt16LE(v, off);
-  else b.writeUInt16BE(v, off);
-}
-export function readU32(b: Buffer, off: number): number {
-  return LE ? b.readUInt32LE(off) : b.readUInt32BE(off);
-}
-export function writeU32(b: Buffer, off: number, v: number): void {
-  if (LE) b.writeUInt32LE(v, off);
-  else b.writeUInt32BE(v, off);
-}
-export function readU64(b: Buffer, off: number): bigint {
-  return LE ? b.readBigUInt64LE(off) : b.readBigUInt64BE(off);
-}
-export function writeU64(b: Buffer, off: number, v: bigint): void {
-  if (LE) b.writeBigUInt64LE(v, off);
-  else b.writeBigUInt64BE(v, off);
-}
-
-export interface Abi {
-  readonly config: Layout;
-  readonly clock: Layout;
-  readonly configSlot: Layout;
-  readonly bucketKey: Layout;
-  readonly bucket: Layout;
-  readonly flowKey: Layout;
-  readonly flow: Layout;
-  readonly lpmKey: Layout;
-  readonly portKey: Layout;
-  readonly portStats: Layout;
-  readonly dropStats: Layout;
-  readonly dropCache: Layout;
-  readonly locals: Layout;
-  readonly counterSet: Layout;
-  readonly event: Layout;
-  /** enum cr_counter: index of each counter in the `counters` map. */
-  readonly counters: ReadonlyMap<CounterName, number>;
-  readonly proto: Readonly<Record<Proto, number>>;
-  readonly mode: Readonly<Record<Mode, number>>;
-  readonly tagRoute: number;
-  readonly tagBits: number;
-  /** One token in token-clock units (1 << tokenShift). */
-  readonly token: bigint;
-  readonly tokenShift: number;
-}
-
-function enumValue(values: ReadonlyMap<string, number>, enumName: string, name: string): number {
-  const v = values.get(name);
-  if (v === undefined) throw new AbiError(`enum ${enumName} has no ${name}`);
-  return v;
-}
-
-const ABI_STRUCTS = [
-  'cr_addr', 'cr_bucket_key', 'cr_bucket', 'cr_flow_key', 'cr_flow', 'cr_port_key', 'cr_port_stats',
-  'cr_lpm_key', 'cr_token_clock', 'cr_config', 'cr_config_slot', 'cr_event', 'cr_abi_id',
-  'cr_drop_stats', 'cr_drop_cache', 'cr_locals', 'cr_counters', 'cr_first_seen',
-] as const;
-const ABI_ENUMS = ['cr_proto', 'cr_mode', 'cr_counter', 'cr_lpm_tag', 'cr_token'] as const;
+/** One token in token-clock units. */
+export const TOKEN = BigInt(gen.CrToken.CR_TOKEN);
+/** The LPM tag of routes (exempt lists are tagged with their configuration slot). */
+export const TAG_ROUTE = gen.CrLpmTag.CR_TAG_ROUTE;
 
 /**
- * SHA-256 over every layout and enum of connrate.h, as BTF describes them: two
- * builds share pinned maps only when their fingerprints are equal.
+ * The ABI fingerprint: SHA-256 of every struct and enum of the generated
+ * module as `obj`'s BTF describes them. Two builds share pinned maps only
+ * when their fingerprints are equal.
  */
 export function abiFingerprint(obj: BpfObject): Buffer {
-  const doc = {
-    structs: ABI_STRUCTS.map((n) => obj.btfStruct(n)),
-    enums: ABI_ENUMS.map((n) => [n, [...obj.btfEnum(n)].sort(([a], [b]) => a.localeCompare(b))]),
-  };
-  return createHash('sha256').update(JSON.stringify(doc)).digest();
+  return Buffer.from(gen.fingerprint(obj), 'hex');
 }
 
-/** Read the ABI from an opened (not necessarily loaded) connrate object. */
-export function readAbi(obj: BpfObject): Abi {
-  const layout = (name: string): Layout => new Layout(obj.btfStruct(name));
-  const cnt = obj.btfEnum('cr_counter');
-  const counters = new Map<CounterName, number>();
-  for (const name of COUNTER_NAMES) {
-    counters.set(name, enumValue(cnt, 'cr_counter', `CR_CNT_${name.toUpperCase()}`));
-  }
-  const known = new Set([...counters.values()]);
-  for (const [name, value] of cnt) {
-    if (name !== 'CR_CNT_COUNT' && !known.has(value)) throw new AbiError(`counter ${name} is unknown to this build`);
-  }
-  const proto = obj.btfEnum('cr_proto');
-  const mode = obj.btfEnum('cr_mode');
-  const tag = obj.btfEnum('cr_lpm_tag');
-  const token = obj.btfEnum('cr_token');
-  return {
-    config: layout('cr_config'),
-    clock: layout('cr_token_clock'),
-    configSlot: layout('cr_config_slot'),
-    bucketKey: layout('cr_bucket_key'),
-    bucket: layout('cr_bucket'),
-    flowKey: layout('cr_flow_key'),
-    flow: layout('cr_flow'),
-    lpmKey: layout('cr_lpm_key'),
-    portKey: layout('cr_port_key'),
-    portStats: layout('cr_port_stats'),
-    dropStats: layout('cr_drop_stats'),
-    dropCache: layout('cr_drop_cache'),
-    locals: layout('cr_locals'),
-    counterSet: layout('cr_counters'),
-    event: layout('cr_event'),
-    counters,
-    proto: { tcp: enumValue(proto, 'cr_proto', 'CR_PROTO_TCP'), udp: enumValue(proto, 'cr_proto', 'CR_PROTO_UDP') },
-    mode: { block: enumValue(mode, 'cr_mode', 'CR_MODE_BLOCK'), log: enumValue(mode, 'cr_mode', 'CR_MODE_LOG') },
-    tagRoute: enumValue(tag, 'cr_lpm_tag', 'CR_TAG_ROUTE'),
-    tagBits: enumValue(tag, 'cr_lpm_tag', 'CR_TAG_BITS'),
-    token: BigInt(enumValue(token, 'cr_token', 'CR_TOKEN')),
-    tokenShift: enumValue(token, 'cr_token', 'CR_TOKEN_SHIFT'),
-  };
+// ---------------------------------------------------------------- enums
+
+const PROTO_VALUE: Readonly<Record<Proto, number>> = { tcp: gen.CrProto.CR_PROTO_TCP, udp: gen.CrProto.CR_PROTO_UDP };
+const MODE_VALUE: Readonly<Record<Mode, number>> = { block: gen.CrMode.CR_MODE_BLOCK, log: gen.CrMode.CR_MODE_LOG };
+
+function protoOf(v: number): Proto {
+  return v === PROTO_VALUE.tcp ? 'tcp' : 'udp';
+}
+
+type CounterOf<K> = K extends `CR_CNT_${infer N}` ? (N extends 'COUNT' ? never : Lowercase<N>) : never;
+/** A datapath counter (enum cr_counter) in the name admins see: CR_CNT_NEW_DROPPED is new_dropped. */
+export type CounterName = CounterOf<keyof typeof gen.CrCounter>;
+
+/** Every counter with its index in struct cr_counters, in the enum's order. */
+const COUNTERS: readonly (readonly [CounterName, number])[] = Object.entries(gen.CrCounter)
+  .filter(([k]) => k !== 'CR_CNT_COUNT')
+  .map(([k, v]) => [k.slice('CR_CNT_'.length).toLowerCase() as CounterName, v]);
+export const COUNTER_NAMES: readonly CounterName[] = COUNTERS.map(([name]) => name);
+/** Each counter's index in struct cr_counters' `n`. */
+export const COUNTER_INDEX: Readonly<Record<CounterName, number>> = Object.fromEntries(COUNTERS) as Record<CounterName, number>;
+
+/** The global counters, summed over CPUs (one struct cr_counters per CPU). */
+export function sumCounters(perCpu: readonly gen.CrCounters[]): Record<CounterName, bigint> {
+  const out = {} as Record<CounterName, bigint>;
+  for (const [name, i] of COUNTERS) out[name] = perCpu.reduce((sum, c) => sum + (c.n[i] ?? 0n), 0n);
+  // The datapath does not count `seen`: every packet is one of these three.
+  out.seen = out.monitored + out.not_monitored + out.unparsable;
+  return out;
 }
 
 // ---------------------------------------------------------------- configuration
 
-export interface ProtoLimit {
-  /** New connections per minute per (source, port); 0 = off. */
-  readonly rate: number;
-  /** Monitored destination ports; empty = every port. */
-  readonly ports: readonly number[];
+/** Ports per u64 word of struct cr_config's port bitmaps. */
+const WORD_BITS = 64;
+
+/** The u32 members that hold network-order bytes, as the host-order numbers the codecs take. */
+function u32sOf(bytes: Uint8Array): number[] {
+  return Array.from(new Uint32Array(Uint8Array.from(bytes).buffer));
 }
 
-/** What the datapath enforces: the extc values, resolved. */
-export interface DatapathConfig {
-  readonly tcp: ProtoLimit;
-  readonly udp: ProtoLimit;
-  readonly burst: number;
-  readonly mode: Mode;
-  /** Source prefixes never limited. */
-  readonly exempt: readonly string[];
-  /** IPv6 sources share a bucket per prefix of this length. */
-  readonly ipv6Prefix: number;
-  readonly udpTimeoutSec: number;
+function bytesOfU32s(words: readonly number[]): Buffer {
+  return Buffer.from(Uint32Array.from(words).buffer);
 }
 
-const NS_PER_SEC = 1_000_000_000n;
-const NS_PER_MINUTE = 60n * NS_PER_SEC;
-const PORT_WORD_BITS = 64;
-
-/** GCRA emission interval: 60 s / rate, in ns (0 when the limit is off). */
-export function periodNs(rate: number): bigint {
-  return rate > 0 ? NS_PER_MINUTE / BigInt(rate) : 0n;
-}
-
-/**
- * A protocol's token clock (struct cr_token_clock): C(t) advances one token
- * every period, as base_tokens + mul_shift(t − base_ns) (no division in the
- * datapath). Buckets hold times on this clock, so a rate change that rebases
- * it keeps every key's tokens.
- */
-export interface TokenClock {
-  readonly baseNs: bigint;
-  readonly baseTokens: bigint;
-  readonly periodNs: bigint;
-  /** ~1/period as qMult / 2^qShift (never more). */
-  readonly qMult: number;
-  readonly qShift: number;
-  /** ~token/period as fMult / 2^fShift (never more). */
-  readonly fMult: number;
-  readonly fShift: number;
-}
-
-const U32 = 1n << 32n;
-const U64_MASK = (1n << 64n) - 1n;
-const MAX_SHIFT = 63;
-
-/** mult/2^shift ≈ num/den, never more: the largest shift (≤ 63) with mult < 2^32. */
-function scale(num: bigint, den: bigint): [mult: number, shift: number] {
-  for (let shift = MAX_SHIFT; shift >= 0; shift--) {
-    const mult = (num << BigInt(shift)) / den;
-    if (mult < U32) return [Number(mult), shift];
-  }
-  throw new RangeError(`a token period of ${den} ns is too short for the token clock`);
-}
-
-/** The multipliers of a token clock with this period (struct cr_token_clock). */
-export function clockScale(periodNs: bigint, token: bigint): Pick<TokenClock, 'qMult' | 'qShift' | 'fMult' | 'fShift'> {
-  if (periodNs === 0n) return { qMult: 0, qShift: 0, fMult: 0, fShift: 0 };
-  const [qMult, qShift] = scale(1n, periodNs);
-  const [fMult, fShift] = scale(token, periodNs);
-  return { qMult, qShift, fMult, fShift };
-}
-
-/** (x · mult) >> shift as the datapath computes it: 32-bit halves, 64-bit wrap. */
-function mulShift(x: bigint, mult: number, shift: number): bigint {
-  const m = BigInt(mult);
-  const hi = ((x >> 32n) * m) & U64_MASK;
-  const lo = ((x & (U32 - 1n)) * m) & U64_MASK;
-  const s = BigInt(shift & MAX_SHIFT);
-  if (s >= 32n) return ((hi >> (s - 32n)) + (lo >> s)) & U64_MASK;
-  return (((hi << (32n - s)) & U64_MASK) + (lo >> s)) & U64_MASK;
-}
-
-const CLOCK_CORRECTIONS = 2;
-
-/** C(now), exactly as the datapath computes it (connrate.h, struct cr_token_clock). `token` is a power of two. */
-export function clockAt(c: TokenClock, now: bigint, token: bigint): bigint {
-  if (now <= c.baseNs || c.periodNs === 0n) return c.baseTokens;
-  const e = now - c.baseNs;
-  let q = mulShift(e, c.qMult, c.qShift);
-  let r = (e - q * c.periodNs) & U64_MASK;
-  for (let i = 0; i < CLOCK_CORRECTIONS && r >= c.periodNs; i++) {
-    q++;
-    r -= c.periodNs;
-  }
-  return (c.baseTokens + ((q * token) & U64_MASK) + mulShift(r, c.fMult, c.fShift)) & U64_MASK;
-}
-
-/** The clock to use from `now` on for a new period: unchanged, or rebased so C is continuous. */
-export function rebaseClock(old: TokenClock | undefined, periodNs: bigint, now: bigint, token: bigint): TokenClock {
-  const s = clockScale(periodNs, token);
-  if (!old) return { baseNs: now, baseTokens: 0n, periodNs, ...s };
-  if (old.periodNs === periodNs && old.qMult === s.qMult && old.fMult === s.fMult && old.qShift === s.qShift && old.fShift === s.fShift) return old;
-  return { baseNs: now, baseTokens: clockAt(old, now, token), periodNs, ...s };
-}
-
-export type Clocks = Readonly<Record<Proto, TokenClock>>;
-
-export function encodeConfig(abi: Abi, cfg: DatapathConfig, generation: bigint, clocks: Clocks, logAnonymize = false): Buffer {
-  const L = abi.config;
-  const C = abi.clock;
-  const b = L.alloc();
-  const clock = L.field('clock');
-  const rate = L.field('rate');
-  const allPorts = L.field('all_ports');
-  const ports = L.field('ports');
-  const words = ports.size / 8 / PROTOS.length;
+/** struct cr_config for a configuration, its generation and its protocols' token clocks. */
+export function encodeConfig(cfg: DatapathConfig, generation: bigint, clocks: Clocks): gen.CrConfig {
+  const c = gen.CrConfig.zero();
   for (const p of PROTOS) {
-    const i = abi.proto[p];
-    const lim = cfg[p];
-    const at = clock.offset + i * C.size;
-    writeU64(b, at + C.field('base_ns').offset, clocks[p].baseNs);
-    writeU64(b, at + C.field('base_tokens').offset, clocks[p].baseTokens);
-    writeU64(b, at + C.field('period_ns').offset, clocks[p].periodNs);
-    writeU32(b, at + C.field('q_mult').offset, clocks[p].qMult);
-    writeU32(b, at + C.field('q_shift').offset, clocks[p].qShift);
-    writeU32(b, at + C.field('f_mult').offset, clocks[p].fMult);
-    writeU32(b, at + C.field('f_shift').offset, clocks[p].fShift);
-    writeU32(b, rate.offset + i * 4, lim.rate);
-    writeU32(b, allPorts.offset + i * 4, lim.ports.length === 0 ? 1 : 0);
-    for (const port of lim.ports) {
-      const off = ports.offset + (i * words + Math.floor(port / PORT_WORD_BITS)) * 8;
-      writeU64(b, off, readU64(b, off) | (1n << BigInt(port % PORT_WORD_BITS)));
+    const i = PROTO_VALUE[p];
+    const words = c.ports[i]!;
+    c.clock[i] = { ...clocks[p] };
+    c.rate[i] = cfg[p].rate;
+    c.allPorts[i] = cfg[p].ports.length === 0 ? 1 : 0;
+    for (const port of cfg[p].ports) {
+      const w = Math.floor(port / WORD_BITS);
+      const word = words[w];
+      if (word === undefined) throw new RangeError(`port ${port} is out of range`);
+      words[w] = word | (1n << BigInt(port % WORD_BITS));
     }
   }
-  writeU64(b, L.field('udp_timeout_ns').offset, BigInt(cfg.udpTimeoutSec) * NS_PER_SEC);
-  writeU64(b, L.field('generation').offset, generation);
-  writeU32(b, L.field('burst').offset, cfg.burst);
-  writeU32(b, L.field('mode').offset, abi.mode[cfg.mode]);
-  maskOf(cfg.ipv6Prefix).copy(b, L.field('ipv6_mask').offset);
-  writeU32(b, L.field('valid').offset, 1);
-  writeU32(b, L.field('log_anonymize').offset, logAnonymize ? 1 : 0);
-  writeU32(b, L.field('exempt_count').offset, cfg.exempt.length);
-  return b;
+  return {
+    ...c,
+    udpTimeoutNs: BigInt(cfg.udpTimeoutSec) * NS_PER_SEC,
+    generation,
+    burst: cfg.burst,
+    mode: MODE_VALUE[cfg.mode],
+    ipv6Mask: u32sOf(maskOf(cfg.ipv6Prefix)),
+    valid: 1,
+    exemptCount: cfg.exempt.length,
+  };
 }
 
-export interface AppliedConfig extends Omit<DatapathConfig, 'exempt'> {
-  readonly generation: bigint;
-  readonly valid: boolean;
-  readonly logAnonymize: boolean;
-  readonly clocks: Clocks;
-}
-
-export function decodeConfig(abi: Abi, b: Buffer): AppliedConfig {
-  const L = abi.config;
-  const C = abi.clock;
-  const ports = L.field('ports');
-  const words = ports.size / 8 / PROTOS.length;
+export function decodeConfig(c: gen.CrConfig): AppliedConfig {
   const limit = (p: Proto): ProtoLimit => {
-    const i = abi.proto[p];
-    const all = readU32(b, L.field('all_ports').offset + i * 4) !== 0;
-    const list: number[] = [];
-    if (!all) {
-      for (let w = 0; w < words; w++) {
-        const word = readU64(b, ports.offset + (i * words + w) * 8);
-        if (word === 0n) continue;
-        for (let bit = 0; bit < PORT_WORD_BITS; bit++) {
-          if ((word >> BigInt(bit)) & 1n) list.push(w * PORT_WORD_BITS + bit);
-        }
-      }
+    const i = PROTO_VALUE[p];
+    const ports: number[] = [];
+    if (!c.allPorts[i]) {
+      (c.ports[i] ?? []).forEach((word, w) => {
+        for (let bit = 0; word !== 0n && bit < WORD_BITS; bit++) if ((word >> BigInt(bit)) & 1n) ports.push(w * WORD_BITS + bit);
+      });
     }
-    return { rate: readU32(b, L.field('rate').offset + i * 4), ports: list };
+    return { rate: c.rate[i] ?? 0, ports };
   };
-  const clock = (p: Proto): TokenClock => {
-    const at = L.field('clock').offset + abi.proto[p] * C.size;
-    return {
-      baseNs: readU64(b, at + C.field('base_ns').offset),
-      baseTokens: readU64(b, at + C.field('base_tokens').offset),
-      periodNs: readU64(b, at + C.field('period_ns').offset),
-      qMult: readU32(b, at + C.field('q_mult').offset),
-      qShift: readU32(b, at + C.field('q_shift').offset),
-      fMult: readU32(b, at + C.field('f_mult').offset),
-      fShift: readU32(b, at + C.field('f_shift').offset),
-    };
-  };
-  const mask = b.subarray(L.field('ipv6_mask').offset, L.field('ipv6_mask').offset + ADDR_LEN);
+  const clock = (p: Proto): gen.CrTokenClock => c.clock[PROTO_VALUE[p]]!;
   let ipv6Prefix = 0;
-  for (const byte of mask) ipv6Prefix += byte.toString(2).replace(/0/g, '').length;
+  for (const byte of bytesOfU32s(c.ipv6Mask)) ipv6Prefix += byte.toString(2).replace(/0/g, '').length;
   return {
     tcp: limit('tcp'),
     udp: limit('udp'),
-    burst: readU32(b, L.field('burst').offset),
-    mode: readU32(b, L.field('mode').offset) === abi.mode.log ? 'log' : 'block',
+    burst: c.burst,
+    mode: c.mode === MODE_VALUE.log ? 'log' : 'block',
     ipv6Prefix,
-    udpTimeoutSec: Number(readU64(b, L.field('udp_timeout_ns').offset) / NS_PER_SEC),
-    generation: readU64(b, L.field('generation').offset),
-    valid: readU32(b, L.field('valid').offset) !== 0,
-    logAnonymize: readU32(b, L.field('log_anonymize').offset) !== 0,
+    udpTimeoutSec: Number(c.udpTimeoutNs / NS_PER_SEC),
+    generation: c.generation,
+    valid: c.valid !== 0,
     clocks: { tcp: clock('tcp'), udp: clock('udp') },
   };
 }
 
 // ---------------------------------------------------------------- keys and values
 
-/** An LPM key for a source prefix under a tag (a config slot, or routes). */
-export function encodeLpmKey(abi: Abi, tag: number, prefix: string): Buffer {
+/** The LPM key of a source prefix under a tag (a configuration slot, or TAG_ROUTE). */
+export function lpmKey(tag: number, prefix: string): gen.CrLpmKey {
   const p = parsePrefix(prefix);
-  const L = abi.lpmKey;
-  const b = L.alloc();
-  writeU32(b, L.field('prefixlen').offset, abi.tagBits + p.bits);
-  b[L.field('tag').offset] = tag;
-  p.bytes.copy(b, L.field('addr').offset);
-  return b;
+  return { ...gen.CrLpmKey.zero(), prefixlen: gen.CrLpmTag.CR_TAG_BITS + p.bits, tag, addr: p.bytes };
+}
+
+/** The prefix an LPM key stands for, as people write it. */
+export function lpmPrefix(k: gen.CrLpmKey): string {
+  return prefixText(k.addr, k.prefixlen - gen.CrLpmTag.CR_TAG_BITS);
 }
 
 /**
@@ -405,27 +140,14 @@ export function encodeLpmKey(abi: Abi, tag: number, prefix: string): Buffer {
  * while each family fits, else use_map (the datapath looks in local_addrs).
  * `addrs` are 16-byte addresses, IPv4 v4-mapped.
  */
-export function encodeLocals(abi: Abi, addrs: readonly Buffer[]): Buffer {
-  const L = abi.locals;
-  const b = L.alloc();
-  const v4 = addrs.filter(isV4Mapped);
+export function encodeLocals(addrs: readonly Buffer[]): gen.CrLocals {
+  const l = gen.CrLocals.zero();
+  const v4 = addrs.filter((a) => isV4Mapped(a));
   const v6 = addrs.filter((a) => !isV4Mapped(a));
-  const v4Slots = L.field('v4').size / 4;
-  const v6Slots = L.field('v6').size / ADDR_LEN;
-  if (v4.length > v4Slots || v6.length > v6Slots) {
-    writeU32(b, L.field('use_map').offset, 1);
-    return b;
-  }
-  writeU32(b, L.field('v4_count').offset, v4.length);
-  writeU32(b, L.field('v6_count').offset, v6.length);
-  v4.forEach((a, i) => a.copy(b, L.field('v4').offset + i * 4, 12, 16)); // network order, as on the wire
-  v6.forEach((a, i) => a.copy(b, L.field('v6').offset + i * ADDR_LEN));
-  return b;
-}
-
-const V4_MAPPED_PREFIX = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
-function isV4Mapped(a: Buffer): boolean {
-  return a.subarray(0, 12).equals(V4_MAPPED_PREFIX);
+  if (v4.length > l.v4.length || v6.length > l.v6.length) return { ...l, useMap: 1 };
+  v4.forEach((a, i) => (l.v4[i] = u32sOf(v4Bytes(a))[0]!)); // network order, as on the wire
+  v6.forEach((a, i) => (l.v6[i] = { bytes: a }));
+  return { ...l, v4Count: v4.length, v6Count: v6.length };
 }
 
 export interface BucketKey {
@@ -434,52 +156,8 @@ export interface BucketKey {
   readonly proto: Proto;
 }
 
-function protoName(abi: Abi, v: number): Proto {
-  return v === abi.proto.tcp ? 'tcp' : 'udp';
-}
-
-export function decodeBucketKey(abi: Abi, b: Buffer): BucketKey {
-  const L = abi.bucketKey;
-  const src = L.field('src').offset;
-  return {
-    src: addrText(b.subarray(src, src + ADDR_LEN)),
-    dport: readU16(b, L.field('dport').offset),
-    proto: protoName(abi, b[L.field('proto').offset] ?? 0),
-  };
-}
-
-export interface Bucket {
-  /** GCRA theoretical arrival time, on the protocol's token clock. */
-  readonly tat: bigint;
-  readonly lastEventNs: bigint;
-}
-
-export function decodeBucket(abi: Abi, b: Buffer): Bucket {
-  const L = abi.bucket;
-  return {
-    tat: readU64(b, L.field('tat').offset),
-    lastEventNs: readU64(b, L.field('last_event_ns').offset),
-  };
-}
-
-/** A key's drops, folded over CPUs (struct cr_drop_stats and live cr_drop_cache entries). */
-export interface KeyDrops {
-  readonly drops: bigint;
-  readonly lastDropNs: bigint;
-}
-
-/** Fold one more per-CPU (drops, last drop) into a running total. */
-export function addDrops(into: KeyDrops | undefined, drops: bigint, lastDropNs: bigint): KeyDrops {
-  if (!into) return { drops, lastDropNs };
-  return { drops: into.drops + drops, lastDropNs: lastDropNs > into.lastDropNs ? lastDropNs : into.lastDropNs };
-}
-
-/** Whole tokens a bucket holds when its protocol's clock reads `clock`: burst − ceil((tat − C) / token). */
-export function tokensLeft(tat: bigint, clock: bigint, token: bigint, burst: number): number {
-  const debt = tat > clock ? tat - clock : 0n;
-  const used = (debt + token - 1n) / token;
-  const left = BigInt(burst) - used;
-  return Number(left < 0n ? 0n : left);
+export function bucketKeyOf(k: gen.CrBucketKey): BucketKey {
+  return { src: addrText(k.src.bytes), dport: k.dport, proto: protoOf(k.proto) };
 }
 
 export interface PortKey {
@@ -487,17 +165,12 @@ export interface PortKey {
   readonly proto: Proto;
 }
 
-export function decodePortKey(abi: Abi, b: Buffer): PortKey {
-  const L = abi.portKey;
-  return { port: readU16(b, L.field('port').offset), proto: protoName(abi, b[L.field('proto').offset] ?? 0) };
+export function portKeyOf(k: gen.CrPortKey): PortKey {
+  return { port: k.port, proto: protoOf(k.proto) };
 }
 
-export function encodePortKey(abi: Abi, k: PortKey): Buffer {
-  const L = abi.portKey;
-  const b = L.alloc();
-  writeU16(b, L.field('port').offset, k.port);
-  b[L.field('proto').offset] = abi.proto[k.proto];
-  return b;
+export function portKey(k: PortKey): gen.CrPortKey {
+  return { ...gen.CrPortKey.zero(), port: k.port, proto: PROTO_VALUE[k.proto] };
 }
 
 export interface PortStats {
@@ -507,19 +180,19 @@ export interface PortStats {
 }
 
 /** Sum per-CPU cr_port_stats values. */
-export function sumPortStats(abi: Abi, perCpu: readonly Buffer[]): PortStats {
-  const L = abi.portStats;
+export function sumPortStats(perCpu: readonly gen.CrPortStats[]): PortStats {
   let allowed = 0n;
   let dropped = 0n;
   let wouldDrop = 0n;
   for (const v of perCpu) {
-    allowed += readU64(v, L.field('allowed').offset);
-    dropped += readU64(v, L.field('dropped').offset);
-    wouldDrop += readU64(v, L.field('would_drop').offset);
+    allowed += v.allowed;
+    dropped += v.dropped;
+    wouldDrop += v.wouldDrop;
   }
   return { allowed, dropped, wouldDrop };
 }
 
+/** A ring-buffer record: a key started being limited. */
 export interface RateLimitEvent {
   readonly tsNs: bigint;
   readonly src: string;
@@ -531,17 +204,17 @@ export interface RateLimitEvent {
   readonly drops: bigint;
 }
 
-export function decodeEvent(abi: Abi, b: Buffer): RateLimitEvent {
-  const L = abi.event;
-  const src = L.field('src').offset;
+/** A struct cr_event record from the `events` ring buffer. */
+export function decodeEvent(record: Buffer): RateLimitEvent {
+  const e = gen.CrEvent.decode(record);
   return {
-    tsNs: readU64(b, L.field('ts_ns').offset),
-    src: addrText(b.subarray(src, src + ADDR_LEN)),
-    dport: readU16(b, L.field('dport').offset),
-    proto: protoName(abi, b[L.field('proto').offset] ?? 0),
-    wouldDrop: b[L.field('would_drop').offset] === 1,
-    rate: readU32(b, L.field('rate').offset),
-    burst: readU32(b, L.field('burst').offset),
-    drops: readU64(b, L.field('drops').offset),
+    tsNs: e.tsNs,
+    src: addrText(e.src.bytes),
+    dport: e.dport,
+    proto: protoOf(e.proto),
+    wouldDrop: e.wouldDrop === 1,
+    rate: e.rate,
+    burst: e.burst,
+    drops: e.drops,
   };
 }

@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, fstatSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import type { RateLimitEvent } from './abi.js';
-import { parsePrefix } from './addr.js';
+import { parsePrefix } from '../domain/addr.js';
 
 const ANON_V4_BITS = 24;
 const ANON_V6_BITS = 48;

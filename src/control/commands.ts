@@ -3,13 +3,13 @@
  * detach. Each returns data; the CLI prints it as text or JSON.
  */
 import { rmdirSync } from 'node:fs';
-import { Link, ifIndex, ifName, xdpQuery } from '@xdp-ts/loader';
+import { Link, ifName } from '@xdp-ts/loader';
 import { Store } from '../config/store.js';
-import { type ExtcValues, diffValues, fromDatapath, resolve } from '../config/variables.js';
+import { type ExtcValues, diffValues, resolve, valuesInForce } from '../config/variables.js';
 import { ConnrateError, NoDatapathError } from '../errors.js';
-import { COUNTER_NAMES, type CounterName, type KeyDrops, type Proto, clockAt, decodeBucket, decodeBucketKey, tokensLeft } from './abi.js';
 import { Datapath } from './datapath.js';
 import type { PinDir } from './pins.js';
+import { type Offender, type Stats, readStats, readTop, xdpMode } from './queries.js';
 
 function withDatapath<T>(op: string, pins: PinDir, fn: (dp: Datapath) => T): T {
   const dp = Datapath.open(op, pins);
@@ -39,9 +39,9 @@ export function updateRule(pins: PinDir, store: Store): UpdateResult {
     const lock = pins.lockApply();
     try {
       const before = dp.appliedConfig();
-      const applied = dp.applyConfig(cfg, { logAnonymize: values.CONNECTION_RATE_LIMIT_LOG_ANONYMIZE === '1' });
+      const applied = dp.applyConfig(cfg);
       pins.markApplied();
-      const from = before ? fromDatapath(before) : {};
+      const from = before ? valuesInForce(before, values) : {};
       return { generation: applied.generation, changes: diffValues(from, values), ms: performance.now() - t0 };
     } finally {
       lock.release();
@@ -71,16 +71,6 @@ export interface Status {
   readonly pending: string[];
 }
 
-/** The XDP mode attached to an interface, as the kernel reports it (bpf_xdp_query); undefined if none or no such interface. */
-export function xdpMode(ifname: string): string | undefined {
-  try {
-    const { mode } = xdpQuery(ifIndex(ifname));
-    return mode === 'none' ? undefined : mode;
-  } catch {
-    return undefined;
-  }
-}
-
 export function status(pins: PinDir, store: Store): Status {
   const op = 'status';
   const stored = store.read();
@@ -104,7 +94,7 @@ export function status(pins: PinDir, store: Store): Status {
   });
   return withDatapath(op, pins, (dp) => {
     const applied = dp.appliedConfig();
-    const inForce = applied ? fromDatapath(applied) : undefined;
+    const inForce = applied ? valuesInForce(applied, stored) : undefined;
     return {
       pinDir: pins.dir,
       daemonRunning: pins.daemonRunning(),
@@ -120,88 +110,11 @@ export function status(pins: PinDir, store: Store): Status {
 
 // ---------------------------------------------------------------- stats
 
-export interface PortCounters {
-  readonly proto: Proto;
-  readonly port: number;
-  readonly allowed: bigint;
-  readonly dropped: bigint;
-  readonly wouldDrop: bigint;
-}
-
-export interface Stats {
-  readonly counters: Record<CounterName, bigint>;
-  readonly ports: PortCounters[];
-  readonly trackedBuckets: number;
-  readonly trackedFlows: number;
-  readonly bucketCapacity: number;
-  readonly flowCapacity: number;
-}
-
-const BATCH = 4096;
-
-export function readStats(dp: Datapath): Stats {
-  return {
-    counters: dp.counters(),
-    ports: dp.portStats(),
-    trackedBuckets: dp.map('buckets').count(BATCH),
-    trackedFlows: dp.map('udp_flows').count(BATCH),
-    bucketCapacity: dp.map('buckets').maxEntries,
-    flowCapacity: dp.map('udp_flows').maxEntries,
-  };
-}
-
 export function stats(pins: PinDir): Stats {
   return withDatapath('stats', pins, readStats);
 }
 
-export { COUNTER_NAMES };
-
 // ---------------------------------------------------------------- top
-
-export interface Offender {
-  readonly src: string;
-  readonly dport: number;
-  readonly proto: Proto;
-  readonly drops: bigint;
-  /** Seconds since the last drop. */
-  readonly lastDropAgoSec: number;
-  readonly tokens: number;
-}
-
-const NS_PER_SEC = 1e9;
-
-/**
- * Keys with drops, most drops first (the latest drop first among equals).
- * Drops are counted per CPU (drop_stats and the CPUs' drop caches); one pass
- * folds them per key and keeps only the `limit` best, whose buckets alone are
- * read for their tokens.
- */
-export function readTop(dp: Datapath, limit: number): Offender[] {
-  const winners: ({ key: Buffer } & KeyDrops)[] = []; // sorted, best first, at most `limit`
-  const beats = (drops: bigint, lastDropNs: bigint, w: KeyDrops): boolean => drops > w.drops || (drops === w.drops && lastDropNs > w.lastDropNs);
-  dp.forEachKeyDrops((key, drops, lastDropNs) => {
-    if (winners.length === limit && !beats(drops, lastDropNs, winners[winners.length - 1]!)) return;
-    let at = winners.length;
-    while (at > 0 && beats(drops, lastDropNs, winners[at - 1]!)) at--;
-    winners.splice(at, 0, { key: Buffer.from(key), drops, lastDropNs });
-    if (winners.length > limit) winners.pop();
-  }, BATCH);
-  const cfg = dp.appliedConfig();
-  const now = dp.now();
-  const buckets = dp.map('buckets');
-  return winners.map((w): Offender => {
-    const key = decodeBucketKey(dp.abi, w.key);
-    const raw = buckets.lookup(w.key);
-    const clock = cfg ? clockAt(cfg.clocks[key.proto], now, dp.abi.token) : 0n;
-    return {
-      ...key,
-      drops: w.drops,
-      lastDropAgoSec: Math.max(0, Number(now - w.lastDropNs) / NS_PER_SEC),
-      // an evicted key starts over with a full bucket
-      tokens: raw ? tokensLeft(decodeBucket(dp.abi, raw).tat, clock, dp.abi.token, cfg?.burst ?? 0) : (cfg?.burst ?? 0),
-    };
-  });
-}
 
 export function top(pins: PinDir, limit: number): Offender[] {
   return withDatapath('top', pins, (dp) => readTop(dp, limit));

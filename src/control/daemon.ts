@@ -2,22 +2,24 @@
  * `connrate run`: load (or adopt) the pinned datapath, attach it, keep local
  * addresses and routes in sync, turn events into log lines. The datapath stays
  * attached when the daemon exits or crashes; `connrate detach` removes it.
+ * The daemon's own settings (anonymized log lines) are read from the store at
+ * start and whenever a new configuration generation is in force.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { BpfError, Link, type Program, RingBufferReader, ifIndex } from '@xdp-ts/loader';
-import { resolve } from '../config/variables.js';
+import { anonymizeLogs, resolve } from '../config/variables.js';
 import { Store } from '../config/store.js';
 import { ConnrateError, EXIT } from '../errors.js';
 import type { FileLock } from '../lock.js';
 import { decodeEvent } from './abi.js';
 import { BlockLog, formatEvent } from './blocklog.js';
-import { xdpMode } from './commands.js';
 import { Datapath, type MapSizes } from './datapath.js';
 import { ConnrateMetrics, type Listen, type MetricsOptions, serveMetrics } from './metrics.js';
 import { NetWatcher, readNetState } from './netstate.js';
 import { PinDir } from './pins.js';
+import { xdpMode } from './queries.js';
 
 export type XdpModeChoice = 'auto' | 'native' | 'generic';
 
@@ -47,6 +49,9 @@ export class Daemon {
   #reader: RingBufferReader | undefined;
   #blockLog: BlockLog | undefined;
   #metrics: Server | undefined;
+  /** The configuration generation `#anonymize` was read for (null: not read yet). */
+  #generation: bigint | undefined | null = null;
+  #anonymize = false;
   #stopped: Promise<void>;
   #stop!: () => void;
 
@@ -61,7 +66,7 @@ export class Daemon {
   static start(opts: RunOptions): Daemon {
     const info = opts.info ?? ((l: string) => process.stdout.write(`${l}\n`));
     for (const ifname of opts.interfaces) ifindexOf(ifname); // refuse unknown names before touching anything
-    const fresh = !existsSync(opts.pins.mapPin('config'));
+    const fresh = !existsSync(opts.pins.configPin);
     const undoPins = opts.pins.ensure();
     let lock: FileLock;
     try {
@@ -72,21 +77,21 @@ export class Daemon {
     }
     let dp: Datapath | undefined;
     try {
-      const adopting = existsSync(opts.pins.mapPin('config'));
+      const adopting = existsSync(opts.pins.configPin);
       dp = Datapath.load({ pins: opts.pins, ...(opts.sizes ? { sizes: opts.sizes } : {}) });
       const d = new Daemon(dp, lock, { ...opts, info });
       info(adopting ? `connrate: adopted the datapath pinned at ${opts.pins.dir}` : `connrate: loaded the datapath, pinned at ${opts.pins.dir}`);
       d.#sync();
       if (!dp.appliedConfig()) {
-        const values = opts.store.read();
-        const applied = dp.applyConfig(resolve(values), { logAnonymize: values.CONNECTION_RATE_LIMIT_LOG_ANONYMIZE === '1' });
+        const applied = dp.applyConfig(resolve(opts.store.read()));
         opts.pins.markApplied();
         info(`connrate: applied the ${opts.store.exists() ? `stored configuration (${opts.store.path})` : 'embedded defaults'}, generation ${applied.generation}`);
       }
+      d.#followApplied();
       d.#attachAll(readNetState().defaultRouteInterfaces);
       d.#watcher = new NetWatcher(() => d.#onNetChange());
       d.#blockLog = new BlockLog(info);
-      d.#reader = new RingBufferReader(dp.map('events'), (records) => d.#onEvents(records));
+      d.#reader = new RingBufferReader(dp.maps.events, (records) => d.#onEvents(records));
       opts.onReady?.(d);
       return d;
     } catch (err) {
@@ -122,9 +127,26 @@ export class Daemon {
     }
   }
 
+  /**
+   * Read the daemon's settings from the store once per configuration
+   * generation: at start, and after each `system update rule` (which applies
+   * a new generation). A store that cannot be read keeps the settings in use
+   * (and is reported once per generation).
+   */
+  #followApplied(): void {
+    const generation = this.dp.generation();
+    if (generation === this.#generation) return;
+    this.#generation = generation;
+    try {
+      this.#anonymize = anonymizeLogs(this.opts.store.read());
+    } catch (err) {
+      this.info(`connrate: cannot read the daemon settings from the store: ${(err as Error).message}`);
+    }
+  }
+
   #onEvents(records: Buffer[]): void {
-    const anonymized = this.dp.logAnonymize();
-    for (const r of records) this.#blockLog?.write(formatEvent(decodeEvent(this.dp.abi, r), anonymized));
+    this.#followApplied();
+    for (const r of records) this.#blockLog?.write(formatEvent(decodeEvent(r), this.#anonymize));
   }
 
   /** Attach to every target interface not attached yet. */

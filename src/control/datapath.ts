@@ -1,45 +1,38 @@
 /**
  * The connrate datapath as one object: load the XDP program, feed it
- * configuration, addresses and routes, read its counters.
+ * configuration, addresses and routes, read its counters. Its maps, globals
+ * and structs are the typed handles of datapath.gen.ts.
  */
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { BpfError, BpfMap, BpfObject, MapBatch, MapBatchCursor, Program, numPossibleCpus } from '@xdp-ts/loader';
+import { BpfError, BpfMap, BpfObject, MapBatch, MapBatchCursor, Program, closeMaps, numPossibleCpus, openMaps } from '@xdp-ts/loader';
 import { ConnrateError, EXIT, NoDatapathError } from '../errors.js';
+import { addrBytes } from '../domain/addr.js';
+import { type AppliedConfig, type DatapathConfig, periodNs, rebaseClock } from '../domain/limits.js';
 import type { PinDir } from './pins.js';
-import { addrBytes, prefixText } from './addr.js';
 import {
-  type Abi,
-  type AppliedConfig,
   type CounterName,
-  type DatapathConfig,
-  type KeyDrops,
   type PortKey,
   type PortStats,
+  TAG_ROUTE,
+  TOKEN,
   abiFingerprint,
-  addDrops,
   decodeConfig,
-  encodeLocals,
-  encodePortKey,
-  decodePortKey,
   encodeConfig,
-  encodeLpmKey,
-  periodNs,
-  rebaseClock,
-  readAbi,
-  readU32,
-  readU64,
+  encodeLocals,
+  lpmKey,
+  lpmPrefix,
+  portKey,
+  portKeyOf,
+  sumCounters,
   sumPortStats,
-  writeU32,
-  writeU64,
 } from './abi.js';
+import * as gen from './datapath.gen.js';
 
 /** The compiled program, built by `npm run build` (override: CONNRATE_BPF_OBJECT). */
 export function defaultObjectPath(): string {
   return process.env.CONNRATE_BPF_OBJECT ?? fileURLToPath(new URL('../../build/bpf/connrate.bpf.o', import.meta.url));
 }
-
-export const PROGRAM_NAME = 'connrate_xdp';
 
 /** Map sizes, set before load. */
 export interface MapSizes {
@@ -52,14 +45,17 @@ export interface MapSizes {
 }
 
 /** The maps each size applies to (drop_stats holds a bucket's per-CPU drops; port_slots indexes port_stats). */
-const SIZE_TO_MAPS: Readonly<Record<keyof MapSizes, readonly string[]>> = {
-  buckets: ['buckets', 'drop_stats'],
-  udpFlows: ['udp_flows'],
-  localAddrs: ['local_addrs'],
-  prefixes: ['src_prefixes'],
-  portStats: ['port_slots', 'port_stats'],
-  eventRing: ['events'],
+const SIZE_TO_MAPS: Readonly<Record<keyof MapSizes, readonly { readonly name: string }[]>> = {
+  buckets: [gen.maps.buckets, gen.maps.dropStats],
+  udpFlows: [gen.maps.udpFlows],
+  localAddrs: [gen.maps.localAddrs],
+  prefixes: [gen.maps.srcPrefixes],
+  portStats: [gen.maps.portSlots, gen.maps.portStats],
+  eventRing: [gen.maps.events],
 };
+
+/** Every map of the program (the ELF's internal .rodata etc. are not pinned). */
+const MAP_DEFS = Object.values(gen.maps);
 
 export interface LoadOptions {
   readonly objectPath?: string;
@@ -74,9 +70,8 @@ export interface LoadOptions {
   readonly pins?: PinDir;
 }
 
-const ZERO_KEY = Buffer.alloc(4);
-const ROUTE_PRESENT = Buffer.from([1]);
-const LOCAL_PRESENT = Buffer.from([1]);
+/** The value of a set member (local_addrs, src_prefixes). */
+const PRESENT = 1;
 
 /** Pinned maps that this build cannot use. */
 export class IncompatiblePinsError extends ConnrateError {
@@ -85,24 +80,29 @@ export class IncompatiblePinsError extends ConnrateError {
   }
 }
 
-/** Maps every connrate object has (the ELF's internal .rodata etc. are not pinned). */
-function programMaps(obj: BpfObject): string[] {
-  return obj.mapNames().filter((n) => !n.includes('.'));
+/** A key's drops, folded over CPUs (struct cr_drop_stats and live cr_drop_cache entries). */
+export interface KeyDrops {
+  readonly drops: bigint;
+  readonly lastDropNs: bigint;
+}
+
+/** Fold one more per-CPU (drops, last drop) into a running total. */
+function addDrops(into: KeyDrops | undefined, drops: bigint, lastDropNs: bigint): KeyDrops {
+  if (!into) return { drops, lastDropNs };
+  return { drops: into.drops + drops, lastDropNs: lastDropNs > into.lastDropNs ? lastDropNs : into.lastDropNs };
 }
 
 export class Datapath {
-  readonly abi: Abi;
+  /** Every map of the program, typed (datapath.gen.ts). */
+  readonly maps: gen.Maps;
   readonly testClock: boolean;
   readonly #obj: BpfObject;
   readonly #program: Program | undefined;
-  readonly #maps = new Map<string, BpfMap>();
-  readonly #openMap: (name: string) => BpfMap;
 
-  private constructor(obj: BpfObject, program: Program | undefined, openMap: (name: string) => BpfMap, testClock: boolean) {
+  private constructor(obj: BpfObject, program: Program | undefined, maps: gen.Maps, testClock: boolean) {
     this.#obj = obj;
-    this.abi = readAbi(obj);
     this.#program = program;
-    this.#openMap = openMap;
+    this.maps = maps;
     this.testClock = testClock;
   }
 
@@ -110,41 +110,52 @@ export class Datapath {
   static load(opts: LoadOptions = {}): Datapath {
     const op = 'datapath.load';
     const obj = openObject(op, opts.objectPath ?? defaultObjectPath());
+    let program: Program | undefined;
     try {
-      if (opts.testClock) obj.setGlobal('cr_test_clock', true);
-      if (opts.testInsertFail) obj.setGlobal('cr_test_insert_fail', true);
-      if (opts.testFirstSeenCollide) obj.setGlobal('cr_test_first_seen_collide', true);
-      for (const [k, maps] of Object.entries(SIZE_TO_MAPS) as [keyof MapSizes, readonly string[]][]) {
+      gen.setGlobals(obj, {
+        crTestClock: opts.testClock ? 1 : 0,
+        crTestInsertFail: opts.testInsertFail ? 1 : 0,
+        crTestFirstSeenCollide: opts.testFirstSeenCollide ? 1 : 0,
+      });
+      for (const [k, defs] of Object.entries(SIZE_TO_MAPS) as [keyof MapSizes, readonly { name: string }[]][]) {
         const n = opts.sizes?.[k];
-        if (n !== undefined) for (const map of maps) obj.setMaxEntries(map, n);
+        if (n !== undefined) for (const def of defs) obj.setMaxEntries(def.name, n);
       }
       const fingerprint = abiFingerprint(obj);
       if (opts.pins) {
         checkFingerprint(op, opts.pins, fingerprint);
-        for (const name of programMaps(obj)) {
-          const pin = opts.pins.mapPin(name);
+        for (const def of MAP_DEFS) {
+          const pin = opts.pins.mapPin(def.name);
           if (existsSync(pin)) {
-            const entries = checkPinnedMap(op, opts.pins.dir, obj, name, BpfMap.fromPinned(pin));
-            const asked = sizeOf(opts.sizes, name);
-            if (asked !== undefined && asked !== entries) {
-              throw new ConnrateError(op, 'EINVAL', `map ${name} is pinned at ${opts.pins.dir} with ${entries} entries, not ${asked}: a size is set when the datapath is created; to resize, run "connrate detach" (this resets all limits and counters) and start again`, EXIT.USAGE);
+            const pinned = BpfMap.fromPinned(pin);
+            let entries: number;
+            try {
+              entries = checkPinnedMap(op, opts.pins.dir, obj, def.name, pinned);
+            } finally {
+              pinned.close();
             }
-            obj.setMaxEntries(name, entries); // adopt what is pinned
+            const asked = sizeOf(opts.sizes, def.name);
+            if (asked !== undefined && asked !== entries) {
+              throw new ConnrateError(op, 'EINVAL', `map ${def.name} is pinned at ${opts.pins.dir} with ${entries} entries, not ${asked}: a size is set when the datapath is created; to resize, run "connrate detach" (this resets all limits and counters) and start again`, EXIT.USAGE);
+            }
+            obj.setMaxEntries(def.name, entries); // adopt what is pinned
           }
-          obj.setPinPath(name, pin);
+          obj.setPinPath(def.name, pin);
         }
       }
+      checkLayout(op, obj);
       try {
         obj.load();
       } catch (err) {
         if (!(err instanceof BpfError)) throw err;
         throw new ConnrateError(op, err.code, `the kernel refused the connrate program: ${err.message}. connrate needs Linux 5.15 or newer with BPF, BTF and XDP (and root)`, EXIT.FAILURE, { cause: err });
       }
-      const program = obj.program(PROGRAM_NAME);
-      const dp = new Datapath(obj, program, (name) => obj.map(name), opts.testClock ?? false);
-      dp.map('abi_id').update(ZERO_KEY, fingerprint);
+      program = obj.program(gen.programs.connrateXdp);
+      const dp = new Datapath(obj, program, openMaps(gen.maps, (def) => obj.map(def.name)), opts.testClock ?? false);
+      dp.maps.abiId.update(0, { sha256: fingerprint });
       return dp;
     } catch (err) {
+      program?.close();
       obj.close();
       throw err;
     }
@@ -152,19 +163,28 @@ export class Datapath {
 
   /**
    * The datapath pinned at `pins`, for commands that do not load anything:
-   * its maps from bpffs, its ABI from the object file. Throws NoDatapathError
-   * when nothing is pinned.
+   * its maps from bpffs, checked against the object file. Throws
+   * NoDatapathError when nothing is pinned.
    */
   static open(op: string, pins: PinDir, objectPath: string = defaultObjectPath()): Datapath {
     if (!pins.exists()) throw new NoDatapathError(op, pins.dir);
     const obj = openObject(op, objectPath);
     try {
       checkFingerprint(op, pins, abiFingerprint(obj));
-      for (const name of programMaps(obj)) {
-        if (!existsSync(pins.mapPin(name))) throw new IncompatiblePinsError(op, pins.dir, `map ${name} is not pinned`);
-        checkPinnedMap(op, pins.dir, obj, name, BpfMap.fromPinned(pins.mapPin(name)));
-      }
-      return new Datapath(obj, undefined, (name) => BpfMap.fromPinned(pins.mapPin(name)), false);
+      checkLayout(op, obj);
+      const maps = openMaps(gen.maps, (def) => {
+        const pin = pins.mapPin(def.name);
+        if (!existsSync(pin)) throw new IncompatiblePinsError(op, pins.dir, `map ${def.name} is not pinned`);
+        const pinned = BpfMap.fromPinned(pin);
+        try {
+          checkPinnedMap(op, pins.dir, obj, def.name, pinned);
+        } catch (err) {
+          pinned.close();
+          throw err;
+        }
+        return pinned;
+      });
+      return new Datapath(obj, undefined, maps, false);
     } catch (err) {
       obj.close();
       throw err;
@@ -177,49 +197,36 @@ export class Datapath {
     return this.#program;
   }
 
-  map(name: string): BpfMap {
-    let m = this.#maps.get(name);
-    if (!m) {
-      m = this.#openMap(name);
-      this.#maps.set(name, m);
-    }
-    return m;
-  }
-
   /** Close every fd this object holds; pinned maps and links stay in the kernel. */
   close(): void {
-    for (const m of this.#maps.values()) m.close();
-    this.#maps.clear();
+    closeMaps(this.maps);
     this.#program?.close();
     this.#obj.close();
   }
 
   /** The ABI fingerprint the maps carry (hex), or undefined before it is written. */
   abiFingerprint(): string | undefined {
-    return this.map('abi_id').lookup(ZERO_KEY)?.toString('hex');
+    return this.maps.abiId.lookup(0)?.sha256.toString('hex');
   }
 
   // ------------------------------------------------------------ configuration
 
   activeSlot(): number {
-    const v = this.map('config_slot').lookup(ZERO_KEY);
-    return v ? readU32(v, this.abi.configSlot.field('slot').offset) & 1 : 0;
+    return (this.maps.configSlot.lookup(0)?.slot ?? 0) & 1;
   }
 
-  /** Whether the configuration in force asks for anonymized log sources (one field, no full decode). */
-  logAnonymize(): boolean {
-    const v = this.map('config').lookup(slotKey(this.activeSlot()));
-    return v ? readU32(v, this.abi.config.field('log_anonymize').offset) !== 0 : false;
+  /** The generation of the configuration in force (one member read in place), or undefined before the first apply. */
+  generation(): bigint | undefined {
+    const v = this.maps.config.lookupRaw(this.activeSlot());
+    return v && gen.CrConfig.get.valid(v) ? gen.CrConfig.get.generation(v) : undefined;
   }
 
   /** The configuration in force, or undefined before the first apply. */
   appliedConfig(): (AppliedConfig & { exempt: string[] }) | undefined {
     const slot = this.activeSlot();
-    const v = this.map('config').lookup(slotKey(slot));
-    if (!v) return undefined;
-    const cfg = decodeConfig(this.abi, v);
-    if (!cfg.valid) return undefined;
-    return { ...cfg, exempt: this.#prefixesTagged(slot) };
+    const c = this.maps.config.lookup(slot);
+    if (!c?.valid) return undefined;
+    return { ...decodeConfig(c), exempt: this.#prefixesTagged(slot) };
   }
 
   /**
@@ -228,29 +235,25 @@ export class Datapath {
    * old configuration or the new, never a mix. The old slot's leftovers are
    * cleared at the start of the next apply, long after any packet used them.
    */
-  applyConfig(cfg: DatapathConfig, opts: { logAnonymize?: boolean } = {}): AppliedConfig {
+  applyConfig(cfg: DatapathConfig): AppliedConfig {
     const active = this.activeSlot();
-    const raw = this.map('config').lookup(slotKey(active));
-    const current = raw ? decodeConfig(this.abi, raw) : undefined;
-    const old = current?.valid ? current : undefined;
+    const current = this.maps.config.lookup(active);
+    const old = current?.valid ? decodeConfig(current) : undefined;
     const generation = (current?.generation ?? 0n) + 1n;
     const now = this.now();
     const clocks = {
-      tcp: rebaseClock(old?.clocks.tcp, periodNs(cfg.tcp.rate), now, this.abi.token),
-      udp: rebaseClock(old?.clocks.udp, periodNs(cfg.udp.rate), now, this.abi.token),
+      tcp: rebaseClock(old?.clocks.tcp, periodNs(cfg.tcp.rate), now, TOKEN),
+      udp: rebaseClock(old?.clocks.udp, periodNs(cfg.udp.rate), now, TOKEN),
     };
     const next = active ^ 1;
-    const encoded = encodeConfig(this.abi, cfg, generation, clocks, opts.logAnonymize); // validates before touching maps
-    const exemptKeys = cfg.exempt.map((p) => encodeLpmKey(this.abi, next, p));
-
-    const prefixes = this.map('src_prefixes');
+    const config = encodeConfig(cfg, generation, clocks);
+    const exemptKeys = cfg.exempt.map((p) => lpmKey(next, p));
+    this.maps.config.update(next, config); // the idle slot: first, so that a bad value changes nothing
+    const prefixes = this.maps.srcPrefixes;
     for (const key of this.#lpmKeysTagged(next)) prefixes.delete(key);
-    for (const key of exemptKeys) prefixes.update(key, ROUTE_PRESENT);
-    this.map('config').update(slotKey(next), encoded);
-    const slot = this.abi.configSlot.alloc();
-    writeU32(slot, this.abi.configSlot.field('slot').offset, next);
-    this.map('config_slot').update(ZERO_KEY, slot);
-    return decodeConfig(this.abi, encoded);
+    for (const key of exemptKeys) prefixes.update(key, PRESENT);
+    this.maps.configSlot.update(0, { slot: next });
+    return decodeConfig(config);
   }
 
   // ------------------------------------------------------------ addresses and routes
@@ -263,61 +266,42 @@ export class Datapath {
   setLocalAddresses(addrs: readonly string[]): void {
     const all = new Map(addrs.map((a) => [addrBytes(a).toString('hex'), addrBytes(a)]));
     const want = new Map(all);
-    const m = this.map('local_addrs');
+    const m = this.maps.localAddrs;
     for (const key of [...m.keys()]) {
-      if (!want.delete(key.toString('hex'))) m.delete(key);
+      if (!want.delete(key.bytes.toString('hex'))) m.delete(key);
     }
-    for (const key of want.values()) m.update(key, LOCAL_PRESENT);
-    const next = this.#localsSlot() ^ 1;
-    this.map('locals').update(slotKey(next), encodeLocals(this.abi, [...all.values()]));
-    const sel = this.abi.configSlot.alloc();
-    writeU32(sel, this.abi.configSlot.field('slot').offset, next);
-    this.map('locals_slot').update(ZERO_KEY, sel);
-  }
-
-  #localsSlot(): number {
-    const v = this.map('locals_slot').lookup(ZERO_KEY);
-    return v ? readU32(v, this.abi.configSlot.field('slot').offset) & 1 : 0;
+    for (const bytes of want.values()) m.update({ bytes }, PRESENT);
+    const next = ((this.maps.localsSlot.lookup(0)?.slot ?? 0) & 1) ^ 1;
+    this.maps.locals.update(next, encodeLocals([...all.values()]));
+    this.maps.localsSlot.update(0, { slot: next });
   }
 
   /** Make the non-default route set exactly `prefixes`. */
   setRoutes(prefixes: readonly string[]): void {
+    const id = (k: gen.CrLpmKey): string => gen.CrLpmKey.encode(k).toString('hex');
     const want = new Map(prefixes.map((p) => {
-      const key = encodeLpmKey(this.abi, this.abi.tagRoute, p);
-      return [key.toString('hex'), key] as const;
+      const key = lpmKey(TAG_ROUTE, p);
+      return [id(key), key] as const;
     }));
-    const m = this.map('src_prefixes');
-    for (const key of this.#lpmKeysTagged(this.abi.tagRoute)) {
-      if (!want.delete(key.toString('hex'))) m.delete(key);
+    const m = this.maps.srcPrefixes;
+    for (const key of this.#lpmKeysTagged(TAG_ROUTE)) {
+      if (!want.delete(id(key))) m.delete(key);
     }
-    for (const key of want.values()) m.update(key, ROUTE_PRESENT);
-    this.#bumpRoutesGeneration();
-  }
-
-  /** Drop-cache entries made under older routes are void from now on. */
-  #bumpRoutesGeneration(): void {
-    const m = this.map('routes_gen');
-    const v = m.lookup(ZERO_KEY) ?? Buffer.alloc(8);
-    writeU64(v, 0, readU64(v, 0) + 1n);
-    m.update(ZERO_KEY, v);
+    for (const key of want.values()) m.update(key, PRESENT);
+    // drop-cache entries made under older routes are void from now on
+    this.maps.routesGen.update(0, (this.maps.routesGen.lookup(0) ?? 0n) + 1n);
   }
 
   routes(): string[] {
-    return this.#prefixesTagged(this.abi.tagRoute);
+    return this.#prefixesTagged(TAG_ROUTE);
   }
 
-  #lpmKeysTagged(tag: number): Buffer[] {
-    const tagOff = this.abi.lpmKey.field('tag').offset;
-    return [...this.map('src_prefixes').keys()].filter((k) => k[tagOff] === tag);
+  #lpmKeysTagged(tag: number): gen.CrLpmKey[] {
+    return [...this.maps.srcPrefixes.keys()].filter((k) => k.tag === tag);
   }
 
   #prefixesTagged(tag: number): string[] {
-    const L = this.abi.lpmKey;
-    return this.#lpmKeysTagged(tag).map((k) => {
-      const bits = readU32(k, L.field('prefixlen').offset) - this.abi.tagBits;
-      const addr = k.subarray(L.field('addr').offset, L.field('addr').offset + 16);
-      return prefixText(addr, bits);
-    });
+    return this.#lpmKeysTagged(tag).map(lpmPrefix);
   }
 
   // ------------------------------------------------------------ clock
@@ -325,92 +309,71 @@ export class Datapath {
   /** "now" as the datapath reads it: CLOCK_MONOTONIC, or the test clock. */
   now(): bigint {
     if (!this.testClock) return process.hrtime.bigint();
-    const v = this.map('test_clock').lookup(ZERO_KEY);
-    return v ? readU64(v, 0) : 0n;
+    return this.maps.testClock.lookup(0) ?? 0n;
   }
 
   /** Set the test clock (only read by a datapath loaded with testClock). */
   setClock(ns: bigint): void {
-    const v = Buffer.alloc(8);
-    writeU64(v, 0, ns);
-    this.map('test_clock').update(ZERO_KEY, v);
+    this.maps.testClock.update(0, ns);
   }
 
   // ------------------------------------------------------------ counters
 
-  /** The global counters, summed over CPUs (one struct cr_counters per CPU). */
+  /** The global counters, summed over CPUs. */
   counters(): Record<CounterName, bigint> {
-    const perCpu = this.map('counters').lookupPerCpu(ZERO_KEY) ?? [];
-    const base = this.abi.counterSet.field('n').offset;
-    const out = {} as Record<CounterName, bigint>;
-    for (const [name, index] of this.abi.counters) {
-      out[name] = perCpu.reduce((sum, v) => sum + readU64(v, base + index * 8), 0n);
-    }
-    // The datapath does not count `seen`: every packet is one of these three.
-    out.seen = out.monitored + out.not_monitored + out.unparsable;
-    return out;
+    return sumCounters(this.maps.counters.lookup(0) ?? []);
   }
 
   /** Per (protocol, port) counters: port_slots gives each pair's slot in port_stats. */
   portStats(): (PortKey & PortStats)[] {
-    const slots = this.map('port_slots');
-    const stats = this.map('port_stats');
     const out: (PortKey & PortStats)[] = [];
-    for (const key of slots.keys()) {
-      const slot = slots.lookup(key);
-      const perCpu = slot && stats.lookupPerCpu(slot);
-      if (perCpu) out.push({ ...decodePortKey(this.abi, key), ...sumPortStats(this.abi, perCpu) });
+    for (const [key, slot] of this.maps.portSlots.entries()) {
+      const perCpu = this.maps.portStats.lookup(slot);
+      if (perCpu) out.push({ ...portKeyOf(key), ...sumPortStats(perCpu) });
     }
     return out.sort((a, b) => a.proto.localeCompare(b.proto) || a.port - b.port);
   }
 
   /** One (protocol, port)'s counters on each CPU, or [] before its first new connection. */
   portStatsPerCpu(k: PortKey): PortStats[] {
-    const slot = this.map('port_slots').lookup(encodePortKey(this.abi, k));
-    const perCpu = slot ? this.map('port_stats').lookupPerCpu(slot) : undefined;
-    return (perCpu ?? []).map((v) => sumPortStats(this.abi, [v]));
+    const slot = this.maps.portSlots.lookup(portKey(k));
+    return (slot === undefined ? undefined : this.maps.portStats.lookup(slot)) ?? [];
   }
 
   /**
    * Every key's drops, folded over CPUs, handed to `visit` once per key with
    * drops: what the CPUs' drop caches flushed to drop_stats plus what their live
-   * cache entries hold. `key` may be a view into a batch buffer: copy what you keep.
+   * cache entries hold. `key` (a struct cr_bucket_key) may be a view into a
+   * batch buffer: copy what you keep. The maps are read in place, member by
+   * member, without decoding every entry.
    */
   forEachKeyDrops(visit: (key: Buffer, drops: bigint, lastDropNs: bigint) => void, batch = 4096): void {
     const ncpu = numPossibleCpus();
+    const E = gen.CrDropCache;
+    const keyAt = (b: MapBatch, i: number, cpu: number): number => b.valueAt(i, cpu) + E.offsets.key;
     // The live cache entries first: at most slots × CPUs, keyed by the key's bytes.
     const live = new Map<string, { key: Buffer } & KeyDrops>();
-    const E = this.abi.dropCache;
-    const cache = this.map('drop_cache');
-    const cstride = cache.valueBufferSize / ncpu;
-    const keyOff = E.field('key').offset;
-    for (const block of batches(cache, batch)) {
-      for (let i = 0; i < block.count; i++) {
+    for (const b of batches(this.maps.dropCache.raw, batch)) {
+      for (let i = 0; i < b.count; i++) {
         for (let cpu = 0; cpu < ncpu; cpu++) {
-          const at = i * cache.valueBufferSize + cpu * cstride;
-          const drops = readU64(block.values, at + E.field('drops').offset);
+          const drops = E.get.drops(b.values, b.valueAt(i, cpu));
           if (drops === 0n) continue;
-          const key = block.values.subarray(at + keyOff, at + keyOff + this.abi.bucketKey.size);
+          const key = b.values.subarray(keyAt(b, i, cpu), keyAt(b, i, cpu) + gen.CrBucketKey.size);
           const id = key.toString('latin1');
           const prev = live.get(id);
-          live.set(id, { key: prev?.key ?? Buffer.from(key), ...addDrops(prev, drops, readU64(block.values, at + E.field('last_drop_ns').offset)) });
+          live.set(id, { key: prev?.key ?? Buffer.from(key), ...addDrops(prev, drops, E.get.lastDropNs(b.values, b.valueAt(i, cpu))) });
         }
       }
     }
-    const S = this.abi.dropStats;
-    const dropsOff = S.field('drops').offset;
-    const lastOff = S.field('last_drop_ns').offset;
-    const stats = this.map('drop_stats');
-    const stride = stats.valueBufferSize / ncpu;
-    for (const block of batches(stats, batch)) {
-      for (let i = 0; i < block.count; i++) {
-        const key = block.keys.subarray(i * stats.keySize, (i + 1) * stats.keySize);
+    const S = gen.CrDropStats;
+    for (const b of batches(this.maps.dropStats.raw, batch)) {
+      for (let i = 0; i < b.count; i++) {
+        const key = b.key(i);
         let drops = 0n;
         let last = 0n;
         for (let cpu = 0; cpu < ncpu; cpu++) {
-          const at = i * stats.valueBufferSize + cpu * stride;
-          drops += readU64(block.values, at + dropsOff);
-          const t = readU64(block.values, at + lastOff);
+          drops += S.get.drops(b.values, b.valueAt(i, cpu));
+          const t = S.get.lastDropNs(b.values, b.valueAt(i, cpu));
           if (t > last) last = t;
         }
         if (live.size) {
@@ -439,12 +402,6 @@ function* batches(map: BpfMap, n: number): Generator<MapBatch> {
   }
 }
 
-function slotKey(slot: number): Buffer {
-  const k = Buffer.alloc(4);
-  writeU32(k, 0, slot);
-  return k;
-}
-
 function openObject(op: string, path: string): BpfObject {
   try {
     return BpfObject.open(path);
@@ -455,16 +412,26 @@ function openObject(op: string, path: string): BpfObject {
   }
 }
 
+/** The object must have the layouts the control plane was generated from. */
+function checkLayout(op: string, obj: BpfObject): void {
+  try {
+    gen.checkLayout(obj);
+  } catch (err) {
+    if (!(err instanceof BpfError)) throw err;
+    throw new ConnrateError(op, err.code, `the BPF object ${obj.path} was not built with this connrate (its layouts differ from those its control plane was generated from): use the object built with it, or rebuild ("npm run build")`, EXIT.FAILURE, { cause: err });
+  }
+}
+
 /** Pinned maps must carry this build's ABI fingerprint (or there must be none yet). */
 function checkFingerprint(op: string, pins: PinDir, fingerprint: Buffer): void {
-  const pin = pins.mapPin('abi_id');
+  const pin = pins.mapPin(gen.maps.abiId.name);
   if (!existsSync(pin)) {
-    if (existsSync(pins.mapPin('config'))) throw new IncompatiblePinsError(op, pins.dir, 'its maps carry no ABI fingerprint');
+    if (existsSync(pins.configPin)) throw new IncompatiblePinsError(op, pins.dir, 'its maps carry no ABI fingerprint');
     return;
   }
-  const m = BpfMap.fromPinned(pin);
+  const m = gen.maps.abiId.fromPinned(pin);
   try {
-    const pinned = m.lookup(ZERO_KEY);
+    const pinned = m.lookup(0)?.sha256;
     if (!pinned || !pinned.equals(fingerprint)) {
       throw new IncompatiblePinsError(op, pins.dir, `ABI fingerprint ${pinned?.toString('hex').slice(0, 12) ?? 'missing'}…, this build has ${fingerprint.toString('hex').slice(0, 12)}…`);
     }
@@ -474,7 +441,7 @@ function checkFingerprint(op: string, pins: PinDir, fingerprint: Buffer): void {
 }
 
 function sizeOf(sizes: MapSizes | undefined, map: string): number | undefined {
-  const k = (Object.keys(SIZE_TO_MAPS) as (keyof MapSizes)[]).find((key) => SIZE_TO_MAPS[key].includes(map));
+  const k = (Object.keys(SIZE_TO_MAPS) as (keyof MapSizes)[]).find((key) => SIZE_TO_MAPS[key].some((def) => def.name === map));
   return k ? sizes?.[k] : undefined;
 }
 
@@ -483,15 +450,11 @@ function sizeOf(sizes: MapSizes | undefined, map: string): number | undefined {
  * touching anything. Returns its capacity.
  */
 function checkPinnedMap(op: string, pinDir: string, obj: BpfObject, name: string, pinned: BpfMap): number {
-  try {
-    const want = obj.mapSpec(name);
-    const diff: string[] = [];
-    if (pinned.type !== want.type) diff.push(`type ${pinned.type}, expected ${want.type}`);
-    if (pinned.keySize !== want.keySize) diff.push(`key size ${pinned.keySize}, expected ${want.keySize}`);
-    if (pinned.valueSize !== want.valueSize) diff.push(`value size ${pinned.valueSize}, expected ${want.valueSize}`);
-    if (diff.length) throw new IncompatiblePinsError(op, pinDir, `map ${name}: ${diff.join(', ')}`);
-    return pinned.maxEntries;
-  } finally {
-    pinned.close();
-  }
+  const want = obj.mapSpec(name);
+  const diff: string[] = [];
+  if (pinned.type !== want.type) diff.push(`type ${pinned.type}, expected ${want.type}`);
+  if (pinned.keySize !== want.keySize) diff.push(`key size ${pinned.keySize}, expected ${want.keySize}`);
+  if (pinned.valueSize !== want.valueSize) diff.push(`value size ${pinned.valueSize}, expected ${want.valueSize}`);
+  if (diff.length) throw new IncompatiblePinsError(op, pinDir, `map ${name}: ${diff.join(', ')}`);
+  return pinned.maxEntries;
 }

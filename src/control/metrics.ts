@@ -11,10 +11,11 @@
 import { type Server, createServer } from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { version } from '../version.js';
-import type { CounterName, Proto } from './abi.js';
-import { type PortCounters, type Stats, readStats } from './commands.js';
+import type { Proto } from '../domain/limits.js';
+import type { CounterName } from './abi.js';
 import type { Datapath } from './datapath.js';
 import { DEFAULT_TOP_PORTS, type Listen } from './listen.js';
+import { type PortCounters, type Stats, readStats } from './queries.js';
 
 export { DEFAULT_METRICS, type Listen, parseListen } from './listen.js';
 

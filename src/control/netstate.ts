@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { ConnrateError } from '../errors.js';
-import { parsePrefix } from './addr.js';
+import { parsePrefix } from '../domain/addr.js';
 
 export interface NetState {
   /** Every address on every interface. */

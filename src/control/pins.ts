@@ -15,6 +15,7 @@ import { ConnrateError } from '../errors.js';
 import { mkdirs } from '../fs.js';
 import { flock } from '@xdp-ts/loader';
 import { FileLock, type TryFlock } from '../lock.js';
+import { maps } from './datapath.gen.js';
 
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/connrate';
 const BPF_FS_ROOT = '/sys/fs/bpf';
@@ -54,6 +55,11 @@ export class PinDir {
 
   mapPin(name: string): string {
     return join(this.maps, name);
+  }
+
+  /** The pinned `config` map: there once a datapath was created here; its mtime is when a configuration was last applied. */
+  get configPin(): string {
+    return this.mapPin(maps.config.name);
   }
 
   linkPin(ifname: string): string {
@@ -149,13 +155,13 @@ export class PinDir {
    */
   markApplied(): void {
     const now = new Date();
-    utimesSync(this.mapPin('config'), now, now);
+    utimesSync(this.configPin, now, now);
   }
 
   /** When the configuration in force was applied (ms since the epoch), if a datapath is pinned. */
   appliedAt(): number | undefined {
     try {
-      return statSync(this.mapPin('config')).mtimeMs;
+      return statSync(this.configPin).mtimeMs;
     } catch {
       return undefined;
     }

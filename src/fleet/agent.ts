@@ -16,7 +16,7 @@ import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Etcd3, IKeyValue, Lease, Watcher } from 'etcd3';
 import { type Store } from '../config/store.js';
-import { APPLICATION, canonicalValue, diffValues, fromDatapath } from '../config/variables.js';
+import { APPLICATION, canonicalValue, diffValues, valuesInForce } from '../config/variables.js';
 import { updateRule } from '../control/commands.js';
 import { Datapath } from '../control/datapath.js';
 import type { PinDir } from '../control/pins.js';
@@ -298,11 +298,12 @@ export class Agent {
     let inForce;
     try {
       const cfg = dp.appliedConfig();
-      inForce = cfg ? fromDatapath(cfg) : undefined;
+      inForce = cfg ? valuesInForce(cfg, stored) : undefined;
     } finally {
       dp.close();
     }
-    if (!inForce || diffValues(inForce, stored).length > 0) updateRule(pins, store);
+    // a changed daemon setting is in force only once applied: the daemon reads it with the new generation
+    if (!inForce || diffValues(inForce, stored).length > 0 || changes.some((c) => c.from !== c.to)) updateRule(pins, store);
     return changes.filter((c) => c.from !== c.to).map((c) => `${c.name} ${c.from} -> ${c.to}`);
   }
 }

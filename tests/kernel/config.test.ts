@@ -3,6 +3,7 @@
  * packet and keep bucket state; log mode passes and counts; every counter.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { CrConfig } from '../../src/control/datapath.gen.js';
 import { ETH_HLEN, ETH_P_IP, rawEthernet } from '../helpers/frame.js';
 import { BASE_CONFIG, type Bench, CLIENT4, openBench, syn, udp } from './harness.js';
 
@@ -54,8 +55,7 @@ describe('live configuration', () => {
 
   it('passes everything before any configuration is applied', () => {
     bench = openBench();
-    bench.dp.map('config').update(Buffer.alloc(4), bench.dp.abi.config.alloc());
-    bench.dp.map('config').update(Buffer.from([1, 0, 0, 0]), bench.dp.abi.config.alloc());
+    for (const slot of [0, 1]) bench.dp.maps.config.update(slot, CrConfig.zero());
     expect(bench.burst(10, (i) => syn(CLIENT4, 443, 40000 + i)).drop).toBe(0);
     expect(bench.dp.counters().no_config).toBe(10n);
   });

@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { RingBufferReader } from '@xdp-ts/loader';
 import { type RateLimitEvent, decodeEvent } from '../../src/control/abi.js';
-import { readTop } from '../../src/control/commands.js';
+import { readTop } from '../../src/control/queries.js';
 import { waitFor } from '../helpers/testbed.js';
 import { type Bench, CLIENT4, CLIENT4B, CLIENT6, openBench, syn, udp } from './harness.js';
 
@@ -20,8 +20,8 @@ afterEach(async () => {
 
 function collect(b: Bench): RateLimitEvent[] {
   const events: RateLimitEvent[] = [];
-  reader = new RingBufferReader(b.dp.map('events'), (records) => {
-    for (const r of records) events.push(decodeEvent(b.dp.abi, r));
+  reader = new RingBufferReader(b.dp.maps.events, (records) => {
+    for (const r of records) events.push(decodeEvent(r));
   });
   return events;
 }

@@ -32,7 +32,7 @@ function floodRun(between: number, perSource: number): { admitted: number; track
     }
     if (bench.send(syn(CLIENT4, 443, 50000 + a)) === 'PASS') admitted++;
   }
-  return { admitted, tracked: bench.dp.map('buckets').count() };
+  return { admitted, tracked: bench.dp.maps.buckets.count() };
 }
 
 describe('a spoofed flood against the bucket map', () => {

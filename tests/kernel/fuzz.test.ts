@@ -7,8 +7,9 @@
  * reference gives it.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { XDP_ACTION, numPossibleCpus } from '@xdp-ts/loader';
-import { type CounterName, readU64 } from '../../src/control/abi.js';
+import { XDP_ACTION } from '@xdp-ts/loader';
+import { COUNTER_INDEX, type CounterName } from '../../src/control/abi.js';
+import { CrCounters } from '../../src/control/datapath.gen.js';
 import { type ClassifyConfig, classify, localSet } from '../helpers/classify.js';
 import { ETH_P_8021AD, ETH_P_8021Q, type FrameSpec, IPV6_EXT, frame } from '../helpers/frame.js';
 import { APPLIANCE4, APPLIANCE6, type Bench, openBench } from './harness.js';
@@ -83,30 +84,17 @@ function nextFrame(): Buffer {
   return r < 0.7 ? mutate(f) : f;
 }
 
-/**
- * Reads a few datapath counters, summed over CPUs, with as few map lookups as
- * the layout allows: the `counters` map holds either one u64 per key (the
- * counter's index) or, at key 0, one struct of u64s indexed the same way.
- */
+/** Reads a few datapath counters, summed over CPUs: one map lookup, and only those counters decoded. */
 function counterReader(bench: Bench): (...names: CounterName[]) => bigint[] {
-  const map = bench.dp.map('counters');
-  const perKey = map.valueSize === 8;
-  const stride = map.valueBufferSize / numPossibleCpus();
-  const keyOf = (index: number): Buffer => {
-    const k = Buffer.alloc(4);
-    k.writeUInt32LE(perKey ? index : 0);
-    return k;
-  };
-  const keys = new Map([...bench.dp.abi.counters].map(([name, index]) => [name, keyOf(index)]));
-  const offsets = new Map([...bench.dp.abi.counters].map(([name, index]) => [name, perKey ? 0 : index * 8]));
-  const sum = (raw: Buffer, off: number): bigint => {
-    let total = 0n;
-    for (let cpu = 0; cpu < raw.length; cpu += stride) total += readU64(raw, cpu + off);
-    return total;
-  };
+  const { raw, key } = bench.dp.maps.counters;
+  const zero = key.encode(0);
   return (...names) => {
-    const whole = perKey ? undefined : map.lookup(keys.get(names[0]!)!)!;
-    return names.map((n) => sum(whole ?? map.lookup(keys.get(n)!)!, offsets.get(n)!));
+    const perCpu = raw.lookup(zero)!; // each CPU's struct cr_counters, one every cpuStride bytes
+    return names.map((n) => {
+      let sum = 0n;
+      for (let at = 0; at < perCpu.length; at += raw.cpuStride) sum += CrCounters.at.n(perCpu, at, COUNTER_INDEX[n]);
+      return sum;
+    });
   };
 }
 

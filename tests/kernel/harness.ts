@@ -3,7 +3,7 @@
  * driven one frame at a time through BPF_PROG_TEST_RUN.
  */
 import { XDP_ACTION } from '@xdp-ts/loader';
-import type { DatapathConfig } from '../../src/control/abi.js';
+import type { DatapathConfig } from '../../src/domain/limits.js';
 import { Datapath, type LoadOptions, type MapSizes } from '../../src/control/datapath.js';
 import { frame, type FrameSpec } from '../helpers/frame.js';
 

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { COUNTER_EXPORT, ConnrateMetrics, PortSeries, portRows } from '../../src/control/metrics.js';
-import type { PortCounters } from '../../src/control/commands.js';
+import type { PortCounters } from '../../src/control/queries.js';
 import { APPLIANCE4, type Bench, CLIENT4, CLIENT4B, FOREIGN4, openBench, syn, udp } from './harness.js';
 
 type Sample = { name: string; labels: Record<string, string>; value: number };

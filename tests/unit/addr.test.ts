@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { AddressError, addrBytes, addrText, maskOf, parsePrefix, prefixText } from '../../src/control/addr.js';
-import { clockAt, periodNs, rebaseClock, tokensLeft } from '../../src/control/abi.js';
+import { AddressError, addrBytes, addrText, maskOf, parsePrefix, prefixText } from '../../src/domain/addr.js';
+import { clockAt, periodNs, rebaseClock, tokensLeft } from '../../src/domain/limits.js';
 
 describe('addresses', () => {
   it('keeps IPv4 as v4-mapped IPv6 and round-trips both families', () => {

@@ -41,6 +41,11 @@ export function isV4Mapped(bytes: Uint8Array): boolean {
   return (ipaddr.fromByteArray(Array.from(bytes.subarray(0, ADDR_LEN))) as ipaddr.IPv6).isIPv4MappedAddress();
 }
 
+/** The IPv4 address (4 bytes, network order) of a v4-mapped 16-byte form. */
+export function v4Bytes(bytes: Uint8Array): Uint8Array {
+  return bytes.subarray(V4_MAPPED_BITS / 8, ADDR_LEN);
+}
+
 /** Zero every bit past `bits` of a 16-byte address (in place) and return it. */
 export function maskBytes(bytes: Buffer, bits: number): Buffer {
   for (let i = 0; i < ADDR_LEN; i++) {
