@@ -350,14 +350,23 @@ static __always_inline __u64 tick_now(void)
 	return bpf_jiffies64();
 }
 
-static __always_inline void set_v4_mapped(struct cr_addr *a, __be32 v4)
-{
-	__u32 *w = (__u32 *)a->bytes;
+#define CR_ADDR_WORDS (CR_ADDR_LEN / sizeof(__u32))
+#define V4_MAPPED_WORD2 0x0000ffff /* ::ffff:a.b.c.d */
 
-	w[0] = 0;
-	w[1] = 0;
-	w[2] = bpf_htonl(0x0000ffff);
-	w[3] = v4;
+/* Complete an IPv4 packet's addresses to their v4-mapped form (the parser
+ * wrote only the last word of each). */
+static __always_inline void v4_mapped(struct packet *p)
+{
+	__u32 *s = (__u32 *)p->src.bytes, *d = (__u32 *)p->dst.bytes;
+
+	if (p->is_v6)
+		return;
+	s[0] = 0;
+	s[1] = 0;
+	s[2] = bpf_htonl(V4_MAPPED_WORD2);
+	d[0] = 0;
+	d[1] = 0;
+	d[2] = bpf_htonl(V4_MAPPED_WORD2);
 }
 
 static __always_inline int parse_l4(void *l4, void *data_end, __u8 ipproto, struct packet *p)
@@ -402,8 +411,10 @@ static __always_inline int parse_ipv4(void *l3, void *data_end, struct packet *p
 		return PARSE_UNPARSABLE;
 	if (bpf_ntohs(iph->frag_off) & IPV4_FRAG_OFFSET_MASK)
 		return PARSE_FRAGMENT;
-	set_v4_mapped(&p->src, iph->saddr);
-	set_v4_mapped(&p->dst, iph->daddr);
+	/* The last words only: v4_mapped() writes the rest once the packet is
+	 * monitored (is_local() reads only these for IPv4). */
+	((__u32 *)p->src.bytes)[CR_ADDR_WORDS - 1] = iph->saddr;
+	((__u32 *)p->dst.bytes)[CR_ADDR_WORDS - 1] = iph->daddr;
 	p->is_v6 = 0;
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
 		return PARSE_NOT_MONITORED;
@@ -514,7 +525,7 @@ static __always_inline int port_listed(const struct cr_config *cfg, __u8 proto, 
 }
 
 /* Is the destination one of ours? Inline for a few addresses, else the hash. */
-static __always_inline int is_local(const struct packet *p)
+static __always_inline int is_local(struct packet *p)
 {
 	__u32 zero = 0, slot;
 	struct cr_config_slot *ls = bpf_map_lookup_elem(&locals_slot, &zero);
@@ -528,8 +539,10 @@ static __always_inline int is_local(const struct packet *p)
 	l = bpf_map_lookup_elem(&locals, &slot);
 	if (!l)
 		return 0;
-	if (l->use_map)
+	if (l->use_map) {
+		v4_mapped(p);
 		return bpf_map_lookup_elem(&local_addrs, &p->dst) != NULL;
+	}
 	if (!p->is_v6) {
 		for (i = 0; i < CR_LOCALS_V4; i++) {
 			if (i >= l->v4_count)
@@ -1105,17 +1118,19 @@ int connrate_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	slot = cs->slot & 1;
 	cfg = bpf_map_lookup_elem(&config, &slot);
-	if (!cfg || !cfg->valid) {
-		COUNT(cnt, CR_CNT_NO_CONFIG);
-		COUNT(cnt, CR_CNT_NOT_MONITORED);
+	if (!cfg)
 		return XDP_PASS;
-	}
+	/* A slot never written is all zeros: its clocks stand still, so it is
+	 * told apart (valid) only on the way out. */
 	tc = &cfg->clock[p.proto & 1];
 	if (!tc->period_ns || !port_listed(cfg, p.proto, p.dport) || !is_local(&p)) {
+		if (!cfg->valid)
+			COUNT(cnt, CR_CNT_NO_CONFIG);
 		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
 	COUNT(cnt, CR_CNT_MONITORED);
+	v4_mapped(&p);
 
 	/* New or established first: established packets never need the
 	 * exemption lookups, whoever sends them. */
