@@ -6,10 +6,11 @@
  * Per packet, in this order: parse (VLANs, IPv4/IPv6, TCP/UDP) → the
  * configuration in force (none applied yet: pass) → is the limit on for this
  * protocol and port → is the destination local (inline for a few addresses)
- * → is it a new connection (TCP SYN without ACK; UDP flow not seen within the
- * timeout) → the key's has_bucket bit, in its first-seen group; set: this
- * CPU's drop cache (a key known to be over its limit in this tick: drop,
- * touching only per-CPU lines) → is the source exempt (a non-default route or
+ * → TCP: is it a new connection (SYN without ACK) → the key's has_bucket bit,
+ * in its first-seen group; set: this CPU's drop cache (a key known to be over
+ * its limit in this tick: drop, touching only per-CPU lines) → UDP: on a hit,
+ * the key's flow filter (a new flow drops without a flow-table lookup), else
+ * is its flow established (seen within the timeout) → is the source exempt (a non-default route or
  * the admin list) → has_bucket clear: the first-seen group admits a new key
  * (one record, one CAS) without a bucket lookup; set, or a second packet
  * within a token, or a full group: its GCRA bucket, updated by
@@ -23,7 +24,11 @@
  *                                          drop_stats' LRU lists when a key's
  *                                          counts first leave a drop cache
  *   established TCP, not monitored ...... none
- *   established UDP ..................... the flow's last-seen, once per ms
+ *   drop of a new UDP flow, key cached .. none (the flow filter is read only)
+ *   established UDP ..................... the flow's last-seen, once per ms, and
+ *                                          its bit in the key's flow filter (a
+ *                                          write once per flow per epoch)
+ *   new UDP flow ........................ its flow-filter bit, the flow insert
  *   new key, first packet ............... its first-seen group (one CAS)
  *   new key, second packet .............. has_bucket (once per bit), the bucket
  *                                          insert (the LRU's lists)
@@ -66,12 +71,22 @@ const volatile __u8 cr_test_first_seen_collide = 0;
 #define PORT_SLOT_GUARD (1U << 24) /* stop handing out port slots long before the counter wraps */
 #define CACHE_LINE 64
 _Static_assert(sizeof(struct cr_first_seen) == CACHE_LINE, "a first-seen group is one cache line");
+_Static_assert(sizeof(((struct cr_flow_filter *)0)->w[0]) == CACHE_LINE, "a flow filter epoch is one cache line");
 #define FS_HALF (CR_FIRST_SEEN_GROUPS / CR_PROTO_COUNT)
 #define FS_NONE 0xff
 #define FS_CLOCK_MASK (((__u64)1 << CR_FIRST_SEEN_CLOCK_BITS) - 1)
 #define DROP_CACHE_HASH_SHIFT 20 /* key_hash bits 20..31: apart from the first-seen index (0..15) */
 #define HAS_BUCKET_HASH_SHIFT 32 /* key_hash bits 32..37: the key's has_bucket bit */
 #define HAS_BUCKET_BIT_MASK 63
+#define FLOW_FILTER_HASH_SHIFT 44 /* key_hash bits 44..58: the key's flow filter */
+#define FLOW_PAYLOAD_MASK ((1ULL << CR_FLOW_FILTER_TAG_SHIFT) - 1)
+#define FLOW_EPOCH_MASK ((1U << CR_FLOW_EPOCH_BITS) - 1)
+#define FLOW_EPOCH_HALF (1U << (CR_FLOW_EPOCH_BITS - 1)) /* tag distances below it are later epochs */
+#define FLOW_SHIFT_MAX 63
+#define FLOW_BIT_HASH_SHIFT 3  /* flow_hash bits 0..2 pick the word, 3..18 the bit */
+#define FLOW_BIT_HASH_MASK 0xffff
+#define FLOW_BIT_SCALE_SHIFT 16 /* (16 hash bits * 48) >> 16: a bit of 48, without a division */
+#define HASH_K4 0x27d4eb2f165667c5ULL
 #define U32_BITS 32
 #define U32_MASK 0xffffffffULL
 #define HASH_K1 0x9e3779b97f4a7c15ULL
@@ -207,6 +222,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cr_first_seen);
 } first_seen SEC(".maps");
+
+/* UDP flow filters (connrate.h), one per hash of the key. Mmapable only for
+ * its layout: values start on a page, so each epoch's words are one line. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CR_FLOW_FILTER_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct cr_flow_filter);
+} flow_filter SEC(".maps");
 
 /* GCRA tat of the shared bucket of each (protocol, port), for keys that could
  * not be stored. */
@@ -933,6 +958,123 @@ static __always_inline __u64 first_seen_fp(__u64 h)
 	return cr_test_first_seen_collide ? 1 : (h >> CR_FIRST_SEEN_CLOCK_BITS) | 1;
 }
 
+/*
+ * UDP flow filter (struct cr_flow_filter). A datagram of a key in this CPU's
+ * drop cache is dropped without a flow-table lookup (a miss there is a random
+ * line of a large table: every datagram of a flood from new source ports)
+ * when its flow's bit is clear in its key's filter: no flow of the key seen
+ * within the timeout has that bit, so the flow is not established. While the
+ * entry holds, the key has no token, so no flow of it can be created: only
+ * flows that already exist, with their bits set, can be established.
+ */
+
+/* A UDP datagram's flow (source, destination, source port; the destination
+ * port is in its key), hashed: bits 0..2 pick the word, 3..18 the bit. */
+static __always_inline __u64 flow_hash(const struct packet *p)
+{
+	const __u32 *s = (const __u32 *)p->src.bytes, *d = (const __u32 *)p->dst.bytes;
+	__u64 h;
+
+	h = (((__u64)s[3] << U32_BITS) | d[3]) * HASH_K1;
+	h ^= (((__u64)s[2] << U32_BITS) | p->sport) * HASH_K2;
+	if (p->is_v6) {
+		h ^= (((__u64)s[0] << U32_BITS) | s[1]) * HASH_K3;
+		h ^= (((__u64)d[0] << U32_BITS) | d[1]) * HASH_K4;
+		h ^= (__u64)d[2] * HASH_FMIX;
+	}
+	h ^= h >> HASH_FMIX_SHIFT;
+	h *= HASH_FMIX;
+	h ^= h >> HASH_FMIX_SHIFT;
+	return h;
+}
+
+static __always_inline __u64 flow_bit(__u64 fh)
+{
+	return 1ULL << ((((fh >> FLOW_BIT_HASH_SHIFT) & FLOW_BIT_HASH_MASK) * CR_FLOW_FILTER_TAG_SHIFT) >>
+			FLOW_BIT_SCALE_SHIFT);
+}
+
+/* The key's flow filter. */
+static __always_inline struct cr_flow_filter *flow_filter_of(__u64 h)
+{
+	__u32 idx = (__u32)(h >> FLOW_FILTER_HASH_SHIFT) & (CR_FLOW_FILTER_SLOTS - 1);
+
+	return bpf_map_lookup_elem(&flow_filter, &idx);
+}
+
+/* Does the configuration's epoch cover its UDP timeout (user space sets it
+ * so; a slot that does not is never read, only written)? */
+static __always_inline int flow_epoch_ok(const struct cr_config *cfg)
+{
+	__u32 shift = cfg->flow_epoch_shift;
+
+	return shift <= FLOW_SHIFT_MAX && (1ULL << shift) >= cfg->udp_timeout_ns;
+}
+
+/* Set the flow's bit in its key's filter, in the word of the epoch of `now`:
+ * before the flow's last-seen time becomes `now`. Retagging a word for this
+ * epoch resets it when it held an earlier epoch of the same shift (two epochs
+ * on, each of its flows has expired) and keeps the bits of another shift. */
+static __always_inline void flow_filter_note(struct cr_flow_filter *ff, __u32 shift, __u64 fh, __u64 now)
+{
+	__u64 e, tag, bit, old, new, *wp;
+	int i;
+
+	if (!ff)
+		return;
+	shift &= FLOW_SHIFT_MAX;
+	e = now >> shift;
+	tag = ((__u64)shift << CR_FLOW_EPOCH_BITS) | (e & FLOW_EPOCH_MASK);
+	wp = &ff->w[e & 1][fh & (CR_FLOW_FILTER_WORDS - 1)];
+	bit = flow_bit(fh);
+	for (i = 0; i < CR_CAS_RETRIES; i++) {
+		old = READ_ONCE(*wp);
+		if ((old >> CR_FLOW_FILTER_TAG_SHIFT) == tag) {
+			if (!(old & bit))
+				__sync_fetch_and_or(wp, bit);
+			return;
+		}
+		new = (tag << CR_FLOW_FILTER_TAG_SHIFT) | bit;
+		if (old && (old >> (CR_FLOW_FILTER_TAG_SHIFT + CR_FLOW_EPOCH_BITS)) != shift)
+			new |= old & FLOW_PAYLOAD_MASK;
+		if (__sync_val_compare_and_swap(wp, old, new) == old)
+			return;
+	}
+	/* Every retry lost to another CPU's retag, which can only be to this
+	 * epoch or to another shift (whose words are never read as empty). */
+	__sync_fetch_and_or(wp, bit);
+}
+
+/* May the flow have been seen within the timeout? 0 only when its bit is
+ * clear in the words of both epochs that could hold it. `e` (low 32 bits) is
+ * the epoch when the drop-cache entry was made, at most one tick ago: the
+ * current one is e or e + 1, and a word already in e + 1 is not ruled out. */
+static __always_inline int flow_filter_maybe(const struct cr_flow_filter *ff, __u32 shift, __u32 e, __u64 fh)
+{
+	__u64 w, bit = flow_bit(fh);
+	__u32 i, x, tag;
+
+	if (!ff)
+		return 1;
+	for (i = 0; i < 2; i++) {
+		x = e - i;
+		w = READ_ONCE(ff->w[x & 1][fh & (CR_FLOW_FILTER_WORDS - 1)]);
+		if (!w)
+			continue; /* never written */
+		tag = (__u32)(w >> CR_FLOW_FILTER_TAG_SHIFT);
+		if ((tag >> CR_FLOW_EPOCH_BITS) != (shift & FLOW_SHIFT_MAX))
+			return 1; /* another shift's bits: not known to have expired */
+		if (((tag - x) & FLOW_EPOCH_MASK) == 0) {
+			if (w & bit)
+				return 1;
+		} else if (((tag - x) & FLOW_EPOCH_MASK) < FLOW_EPOCH_HALF) {
+			return 1; /* a later epoch than x */
+		}
+		/* else an earlier epoch: its flows have expired */
+	}
+	return 0;
+}
+
 /* Give back this CPU's drops of the key in a drop-cache slot to drop_stats,
  * before the slot goes to another key. */
 static __always_inline void drop_cache_flush(struct cr_drop_cache *e)
@@ -962,8 +1104,8 @@ static __always_inline void drop_cache_flush(struct cr_drop_cache *e)
  * known) is at least CR_TICK_MAX_NS after `now`: that tick ends before then.
  * Returns the key's drops on this CPU. */
 static __always_inline __u64 drop_cache_fill(struct cr_drop_cache *e, const struct cr_bucket_key *key,
-					     __u32 cfg_gen, __u32 rt_gen, __u32 port_slot,
-					     __u64 tick, __u64 until, __u64 now)
+					     const struct cr_config *cfg, __u32 rt_gen, __u32 port_slot,
+					     __u64 tick, __u64 until, __u64 now, __u64 coarse)
 {
 	if (!key_equal(&e->key, key)) {
 		if (e->drops)
@@ -973,8 +1115,11 @@ static __always_inline __u64 drop_cache_fill(struct cr_drop_cache *e, const stru
 		e->last_drop_ns = 0;
 	}
 	e->port_slot = port_slot;
-	e->config_gen = cfg_gen;
+	e->config_gen = (__u32)cfg->generation;
 	e->routes_gen = rt_gen;
+	/* UDP: the flow filter's epoch now (coarse: the clock flows are seen on) */
+	e->flow_ok = key->proto == CR_PROTO_UDP && flow_epoch_ok(cfg);
+	e->flow_epoch = (__u32)(coarse >> (cfg->flow_epoch_shift & FLOW_SHIFT_MAX));
 	/* tick - 1 has passed: it never matches again */
 	e->tick = until && until - now >= CR_TICK_MAX_NS ? tick : tick - 1;
 	e->last_drop_ns = now;
@@ -1035,7 +1180,8 @@ struct flow_seen {
  * when it is. Read-only otherwise. */
 static __always_inline int udp_established(const struct cr_flow_key *fk,
 					   const struct cr_config *cfg, __u64 now,
-					   struct flow_seen *seen)
+					   struct flow_seen *seen, struct cr_flow_filter *ff,
+					   const struct packet *p)
 {
 	struct cr_flow *f = bpf_map_lookup_elem(&udp_flows, fk);
 
@@ -1046,8 +1192,10 @@ static __always_inline int udp_established(const struct cr_flow_key *fk,
 	seen->last = READ_ONCE(f->last_seen_ns);
 	if ((__s64)(now - seen->last) >= (__s64)cfg->udp_timeout_ns)
 		return 0;
-	if (now - seen->last >= FLOW_REFRESH_NS)
+	if (now - seen->last >= FLOW_REFRESH_NS) {
+		flow_filter_note(ff, cfg->flow_epoch_shift, flow_hash(p), now);
 		WRITE_ONCE(f->last_seen_ns, now);
+	}
 	return 1;
 }
 
@@ -1055,11 +1203,13 @@ static __always_inline int udp_established(const struct cr_flow_key *fk,
  * Returns 1 when this packet owns it, 0 when another CPU claimed it first
  * (this packet then belongs to an established flow). */
 static __always_inline int udp_claim(const struct cr_flow_key *fk, const struct flow_seen *seen,
-				     __u64 now, struct cr_counters *cnt)
+				     __u64 now, struct cr_flow_filter *ff, const struct cr_config *cfg,
+				     const struct packet *p, struct cr_counters *cnt)
 {
 	struct cr_flow fresh = { .last_seen_ns = now };
 	long err;
 
+	flow_filter_note(ff, cfg->flow_epoch_shift, flow_hash(p), now);
 	if (seen->f)
 		return __sync_val_compare_and_swap(&seen->f->last_seen_ns, seen->last, now) == seen->last;
 	err = bpf_map_update_elem(&udp_flows, fk, &fresh, BPF_NOEXIST);
@@ -1088,7 +1238,8 @@ int connrate_xdp(struct xdp_md *ctx)
 	__u32 ways = 0;
 	int inserted = 0, no_bucket;
 	struct cr_first_seen *g = NULL;
-	int res, allowed, block;
+	struct cr_flow_filter *ff = NULL;
+	int res, allowed, block, hit;
 
 	cnt = bpf_map_lookup_elem(&counters, &zero);
 	if (!cnt)
@@ -1132,24 +1283,12 @@ int connrate_xdp(struct xdp_md *ctx)
 	COUNT(cnt, CR_CNT_MONITORED);
 	v4_mapped(&p);
 
-	/* New or established first: established packets never need the
-	 * exemption lookups, whoever sends them. */
+	/* Established TCP first: it never needs the key or the exemption
+	 * lookups, whoever sends it. */
 	block = cfg->mode != CR_MODE_LOG;
-	if (p.proto == CR_PROTO_TCP) {
-		if (!p.tcp_new) {
-			COUNT(cnt, CR_CNT_ESTABLISHED);
-			return XDP_PASS;
-		}
-	} else {
-		fk.src = p.src;
-		fk.dst = p.dst;
-		fk.sport = p.sport;
-		fk.dport = p.dport;
-		coarse = coarse_now_ns();
-		if (udp_established(&fk, cfg, coarse, &seen)) {
-			COUNT(cnt, CR_CNT_ESTABLISHED);
-			return XDP_PASS;
-		}
+	if (p.proto == CR_PROTO_TCP && !p.tcp_new) {
+		COUNT(cnt, CR_CNT_ESTABLISHED);
+		return XDP_PASS;
 	}
 
 	/* The drop cache: a key this CPU found over its limit, under this
@@ -1173,8 +1312,29 @@ int connrate_xdp(struct xdp_md *ctx)
 	rt_gen = rg ? (__u32)*rg : 0;
 	cfg_gen = (__u32)cfg->generation;
 	tick = tick_now(); /* before any clock read below */
-	if (block && !no_bucket && e->tick == tick &&
-	    e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key)) {
+	hit = block && !no_bucket && e->tick == tick &&
+	      e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key);
+	if (p.proto == CR_PROTO_UDP) {
+		/* A hit whose flow's bit is clear in the key's flow filter: not
+		 * established, dropped without a flow-table lookup. Else the flow
+		 * table says whether the datagram is established. */
+		ff = flow_filter_of(h);
+		if (hit && e->flow_ok &&
+		    !flow_filter_maybe(ff, cfg->flow_epoch_shift, e->flow_epoch, flow_hash(&p))) {
+			COUNT(cnt, CR_CNT_FLOW_FILTER_DROP);
+		} else {
+			coarse = coarse_now_ns();
+			fk.src = p.src;
+			fk.dst = p.dst;
+			fk.sport = p.sport;
+			fk.dport = p.dport;
+			if (udp_established(&fk, cfg, coarse, &seen, ff, &p)) {
+				COUNT(cnt, CR_CNT_ESTABLISHED);
+				return XDP_PASS;
+			}
+		}
+	}
+	if (hit) {
 		e->drops++;
 		COUNT(cnt, CR_CNT_CACHE_DROP);
 		COUNT(cnt, CR_CNT_NEW_DROPPED);
@@ -1188,7 +1348,7 @@ int connrate_xdp(struct xdp_md *ctx)
 	if (source_exempt(&p, slot, cfg)) {
 		/* An exempt source's UDP flow is recorded: its next packets are established. */
 		if (p.proto == CR_PROTO_UDP)
-			udp_claim(&fk, &seen, coarse, cnt);
+			udp_claim(&fk, &seen, coarse, ff, cfg, &p, cnt);
 		COUNT(cnt, CR_CNT_EXEMPT);
 		return XDP_PASS;
 	}
@@ -1217,9 +1377,9 @@ int connrate_xdp(struct xdp_md *ctx)
 		 * case under a flood from one source). */
 		allowed = 0;
 		if (p.proto == CR_PROTO_UDP && !block)
-			udp_claim(&fk, &seen, coarse, cnt); /* it passes: its flow exists from now on */
+			udp_claim(&fk, &seen, coarse, ff, cfg, &p, cnt); /* it passes: its flow exists from now on */
 	} else {
-		if (p.proto == CR_PROTO_UDP && !udp_claim(&fk, &seen, coarse, cnt)) {
+		if (p.proto == CR_PROTO_UDP && !udp_claim(&fk, &seen, coarse, ff, cfg, &p, cnt)) {
 			COUNT(cnt, CR_CNT_ESTABLISHED); /* another CPU just opened this flow */
 			return XDP_PASS;
 		}
@@ -1284,7 +1444,7 @@ int connrate_xdp(struct xdp_md *ctx)
 		verdict_cnt = block ? CR_CNT_NEW_DROPPED : CR_CNT_NEW_WOULD_DROP;
 		if (b && block)
 			until = token_due(READ_ONCE(b->tat), clock, limit, tc->period_ns, now);
-		drops = drop_cache_fill(e, &key, cfg_gen, rt_gen, pslot, tick, until, now);
+		drops = drop_cache_fill(e, &key, cfg, rt_gen, pslot, tick, until, now, coarse);
 		if (b)
 			emit_event(&key, b, cfg, now, drops, cnt);
 	}

@@ -35,6 +35,10 @@ typedef uint64_t __u64;
 #define CR_FIRST_SEEN_GROUPS (1 << 17) /* groups, half per protocol: 2^20 records */
 #define CR_FIRST_SEEN_CLOCK_BITS 40   /* a record: token clock's low 40 bits, fingerprint above */
 #define CR_TICK_MAX_NS 10000000ULL /* a kernel tick (jiffy) lasts at most 10 ms (HZ >= 100) */
+#define CR_FLOW_FILTER_SLOTS (1 << 15) /* UDP flow filters, one per hash of the key */
+#define CR_FLOW_FILTER_WORDS 8       /* words per epoch in a flow filter: one cache line */
+#define CR_FLOW_FILTER_TAG_SHIFT 48  /* a flow filter word: its tag above 48 bits of filter */
+#define CR_FLOW_EPOCH_BITS 10        /* a tag: the epoch shift above the epoch's low 10 bits */
 #define CR_LOCALS_V4 8             /* local addresses checked inline, per family; */
 #define CR_LOCALS_V6 4             /* more than that: the local_addrs hash */
 
@@ -92,6 +96,8 @@ enum cr_counter {
 				   * (also counted new_dropped) */
 	CR_CNT_FIRST_SEEN,        /* new keys admitted by a first-seen record, no bucket stored */
 	CR_CNT_FIRST_SEEN_BUSY,   /* first-seen record slot held by another key: bucket map used */
+	CR_CNT_FLOW_FILTER_DROP,  /* UDP cache drops decided by the flow filter, without a
+				   * flow-table lookup (also counted cache_drop) */
 	CR_CNT_COUNT,
 };
 
@@ -139,6 +145,8 @@ struct cr_drop_cache {
 	__u32 port_slot;    /* the key's (protocol, port) slot in port_stats */
 	__u32 config_gen;   /* low 32 bits of cr_config.generation */
 	__u32 routes_gen;   /* low 32 bits of routes_gen[0] */
+	__u32 flow_epoch;   /* UDP: the flow filter's epoch when the entry was made */
+	__u32 flow_ok;      /* UDP: 1 when the flow filter may be read under this configuration */
 	__u64 tick;         /* drop while the kernel tick is this one */
 	__u64 drops;        /* this CPU's drops of key since it took the slot */
 	__u64 last_drop_ns; /* when the entry was last made from the bucket: this
@@ -155,6 +163,23 @@ struct cr_flow_key {
 
 struct cr_flow {
 	__u64 last_seen_ns;
+};
+
+/* The UDP flows seen lately of the keys with one hash (`flow_filter`, an ARRAY
+ * indexed by a hash of the bucket key). Time is cut into epochs of
+ * 2^flow_epoch_shift ns (cr_config; at least the UDP timeout), and w[e & 1]
+ * holds epoch e. Each word is tagged (bits 48..63) with the shift and the low
+ * bits of the epoch its bits belong to; a flow has one bit, chosen by a hash
+ * of its 4-tuple. Before a flow's last-seen time is written, its bit is set in
+ * the word of that time's epoch (a refresh within one epoch finds it set).
+ * So a flow seen within the timeout has its bit set in the current epoch's
+ * word or the previous one's, and a bit clear in both means "not established"
+ * without a flow-table lookup. Bits are only ever added to a word, except
+ * when it is retagged for a later epoch of the same shift (two epochs on:
+ * every flow it held has expired). Keys sharing a filter, and flows sharing a
+ * bit, only send more datagrams to the flow table. */
+struct cr_flow_filter {
+	__u64 w[2][CR_FLOW_FILTER_WORDS];
 };
 
 /* A group of first-seen records (`first_seen`, an ARRAY indexed by a hash of
@@ -235,6 +260,8 @@ struct cr_config {
 	__u32 ipv6_mask[4];              /* source mask for IPv6 buckets, network order */
 	__u32 valid;                     /* 0 until user space writes the slot */
 	__u32 exempt_count;              /* prefixes tagged with this slot; 0 skips the lookup */
+	__u32 flow_epoch_shift;          /* flow filter epochs of 2^shift ns >= udp_timeout_ns */
+	__u32 pad;
 	__u64 ports[CR_PROTO_COUNT][CR_PORT_WORDS]; /* bit p set: port p monitored */
 };
 

@@ -92,7 +92,13 @@ export function encodeConfig(cfg: DatapathConfig, generation: bigint, clocks: Cl
     ipv6Mask: u32sOf(maskOf(cfg.ipv6Prefix)),
     valid: 1,
     exemptCount: cfg.exempt.length,
+    flowEpochShift: flowEpochShift(BigInt(cfg.udpTimeoutSec) * NS_PER_SEC),
   };
+}
+
+/** The UDP flow filter's epoch, 2^shift ns: the smallest power of two that covers the timeout. */
+export function flowEpochShift(timeoutNs: bigint): number {
+  return timeoutNs <= 1n ? 0 : (timeoutNs - 1n).toString(2).length;
 }
 
 export function decodeConfig(c: gen.CrConfig): AppliedConfig {

@@ -28,7 +28,8 @@ export const CrCounter = {
   CR_CNT_CACHE_DROP: 17,
   CR_CNT_FIRST_SEEN: 18,
   CR_CNT_FIRST_SEEN_BUSY: 19,
-  CR_CNT_COUNT: 20,
+  CR_CNT_FLOW_FILTER_DROP: 20,
+  CR_CNT_COUNT: 21,
 } as const;
 export type CrCounter = (typeof CrCounter)[keyof typeof CrCounter];
 
@@ -211,7 +212,7 @@ export const CrBucketKey: xt.StructCodec<CrBucketKey, 'src' | 'dport' | 'proto' 
   },
 );
 
-/** struct cr_config (16528 bytes) */
+/** struct cr_config (16536 bytes) */
 export interface CrConfig {
   /** clock: struct cr_token_clock[2] at 0 */
   clock: CrTokenClock[];
@@ -233,13 +234,17 @@ export interface CrConfig {
   valid: number;
   /** exempt_count: u32 at 140 */
   exemptCount: number;
-  /** ports: u64[2][1024] at 144 */
+  /** flow_epoch_shift: u32 at 144 */
+  flowEpochShift: number;
+  /** pad: u32 at 148 */
+  pad: number;
+  /** ports: u64[2][1024] at 152 */
   ports: bigint[][];
 }
-export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'generation' | 'rate' | 'burst' | 'mode' | 'allPorts' | 'ipv6Mask' | 'valid' | 'exemptCount' | 'ports'> = xt.structCodec(
+export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'generation' | 'rate' | 'burst' | 'mode' | 'allPorts' | 'ipv6Mask' | 'valid' | 'exemptCount' | 'flowEpochShift' | 'pad' | 'ports'> = xt.structCodec(
   'cr_config',
-  16528,
-  { clock: 0, udpTimeoutNs: 80, generation: 88, rate: 96, burst: 104, mode: 108, allPorts: 112, ipv6Mask: 120, valid: 136, exemptCount: 140, ports: 144 },
+  16536,
+  { clock: 0, udpTimeoutNs: 80, generation: 88, rate: 96, burst: 104, mode: 108, allPorts: 112, ipv6Mask: 120, valid: 136, exemptCount: 140, flowEpochShift: 144, pad: 148, ports: 152 },
   {
     clock: (b, o) => xt.readArray(2, (i0) => CrTokenClock.decode(b, o + i0 * 40)),
     udpTimeoutNs: (b, o) => h.readU64(b, o + 80),
@@ -251,14 +256,16 @@ export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'gene
     ipv6Mask: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 120 + i0 * 4)),
     valid: (b, o) => h.readU32(b, o + 136),
     exemptCount: (b, o) => h.readU32(b, o + 140),
-    ports: (b, o) => xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 144 + i0 * 8192 + i1 * 8))),
+    flowEpochShift: (b, o) => h.readU32(b, o + 144),
+    pad: (b, o) => h.readU32(b, o + 148),
+    ports: (b, o) => xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 152 + i0 * 8192 + i1 * 8))),
   },
   {
     clock: (b, o, i) => CrTokenClock.decode(b, o + xt.index(i, 2, 'cr_config.clock') * 40),
     rate: (b, o, i) => h.readU32(b, o + 96 + xt.index(i, 2, 'cr_config.rate') * 4),
     allPorts: (b, o, i) => h.readU32(b, o + 112 + xt.index(i, 2, 'cr_config.all_ports') * 4),
     ipv6Mask: (b, o, i) => h.readU32(b, o + 120 + xt.index(i, 4, 'cr_config.ipv6_mask') * 4),
-    ports: (b, o, i) => xt.readArray(1024, (i0) => h.readU64(b, o + 144 + xt.index(i, 2, 'cr_config.ports') * 8192 + i0 * 8)),
+    ports: (b, o, i) => xt.readArray(1024, (i0) => h.readU64(b, o + 152 + xt.index(i, 2, 'cr_config.ports') * 8192 + i0 * 8)),
   },
   (b, o) => ({
     clock: xt.readArray(2, (i0) => CrTokenClock.decode(b, o + i0 * 40)),
@@ -271,7 +278,9 @@ export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'gene
     ipv6Mask: xt.readArray(4, (i0) => h.readU32(b, o + 120 + i0 * 4)),
     valid: h.readU32(b, o + 136),
     exemptCount: h.readU32(b, o + 140),
-    ports: xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 144 + i0 * 8192 + i1 * 8))),
+    flowEpochShift: h.readU32(b, o + 144),
+    pad: h.readU32(b, o + 148),
+    ports: xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 152 + i0 * 8192 + i1 * 8))),
   }),
   (v, b, o) => {
     xt.writeArray(v.clock, 2, 'cr_config.clock', (x0, i0) => CrTokenClock.encodeInto(x0, b, o + i0 * 40));
@@ -284,7 +293,9 @@ export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'gene
     xt.writeArray(v.ipv6Mask, 4, 'cr_config.ipv6_mask', (x0, i0) => h.writeU32(b, o + 120 + i0 * 4, x0));
     h.writeU32(b, o + 136, v.valid);
     h.writeU32(b, o + 140, v.exemptCount);
-    xt.writeArray(v.ports, 2, 'cr_config.ports', (x0, i0) => xt.writeArray(x0, 1024, 'cr_config.ports[]', (x1, i1) => h.writeU64(b, o + 144 + i0 * 8192 + i1 * 8, x1)));
+    h.writeU32(b, o + 144, v.flowEpochShift);
+    h.writeU32(b, o + 148, v.pad);
+    xt.writeArray(v.ports, 2, 'cr_config.ports', (x0, i0) => xt.writeArray(x0, 1024, 'cr_config.ports[]', (x1, i1) => h.writeU64(b, o + 152 + i0 * 8192 + i1 * 8, x1)));
   },
 );
 
@@ -309,30 +320,30 @@ export const CrConfigSlot: xt.StructCodec<CrConfigSlot, 'slot'> = xt.structCodec
   },
 );
 
-/** struct cr_counters (160 bytes) */
+/** struct cr_counters (168 bytes) */
 export interface CrCounters {
-  /** n: u64[20] at 0 */
+  /** n: u64[21] at 0 */
   n: bigint[];
 }
 export const CrCounters: xt.StructCodec<CrCounters, 'n'> = xt.structCodec(
   'cr_counters',
-  160,
+  168,
   { n: 0 },
   {
-    n: (b, o) => xt.readArray(20, (i0) => h.readU64(b, o + i0 * 8)),
+    n: (b, o) => xt.readArray(21, (i0) => h.readU64(b, o + i0 * 8)),
   },
   {
-    n: (b, o, i) => h.readU64(b, o + xt.index(i, 20, 'cr_counters.n') * 8),
+    n: (b, o, i) => h.readU64(b, o + xt.index(i, 21, 'cr_counters.n') * 8),
   },
   (b, o) => ({
-    n: xt.readArray(20, (i0) => h.readU64(b, o + i0 * 8)),
+    n: xt.readArray(21, (i0) => h.readU64(b, o + i0 * 8)),
   }),
   (v, b, o) => {
-    xt.writeArray(v.n, 20, 'cr_counters.n', (x0, i0) => h.writeU64(b, o + i0 * 8, x0));
+    xt.writeArray(v.n, 21, 'cr_counters.n', (x0, i0) => h.writeU64(b, o + i0 * 8, x0));
   },
 );
 
-/** struct cr_drop_cache (56 bytes) */
+/** struct cr_drop_cache (64 bytes) */
 export interface CrDropCache {
   /** key: struct cr_bucket_key at 0 */
   key: CrBucketKey;
@@ -342,25 +353,31 @@ export interface CrDropCache {
   configGen: number;
   /** routes_gen: u32 at 28 */
   routesGen: number;
-  /** tick: u64 at 32 */
+  /** flow_epoch: u32 at 32 */
+  flowEpoch: number;
+  /** flow_ok: u32 at 36 */
+  flowOk: number;
+  /** tick: u64 at 40 */
   tick: bigint;
-  /** drops: u64 at 40 */
+  /** drops: u64 at 48 */
   drops: bigint;
-  /** last_drop_ns: u64 at 48 */
+  /** last_drop_ns: u64 at 56 */
   lastDropNs: bigint;
 }
-export const CrDropCache: xt.StructCodec<CrDropCache, 'key' | 'portSlot' | 'configGen' | 'routesGen' | 'tick' | 'drops' | 'lastDropNs'> = xt.structCodec(
+export const CrDropCache: xt.StructCodec<CrDropCache, 'key' | 'portSlot' | 'configGen' | 'routesGen' | 'flowEpoch' | 'flowOk' | 'tick' | 'drops' | 'lastDropNs'> = xt.structCodec(
   'cr_drop_cache',
-  56,
-  { key: 0, portSlot: 20, configGen: 24, routesGen: 28, tick: 32, drops: 40, lastDropNs: 48 },
+  64,
+  { key: 0, portSlot: 20, configGen: 24, routesGen: 28, flowEpoch: 32, flowOk: 36, tick: 40, drops: 48, lastDropNs: 56 },
   {
     key: (b, o) => CrBucketKey.decode(b, o),
     portSlot: (b, o) => h.readU32(b, o + 20),
     configGen: (b, o) => h.readU32(b, o + 24),
     routesGen: (b, o) => h.readU32(b, o + 28),
-    tick: (b, o) => h.readU64(b, o + 32),
-    drops: (b, o) => h.readU64(b, o + 40),
-    lastDropNs: (b, o) => h.readU64(b, o + 48),
+    flowEpoch: (b, o) => h.readU32(b, o + 32),
+    flowOk: (b, o) => h.readU32(b, o + 36),
+    tick: (b, o) => h.readU64(b, o + 40),
+    drops: (b, o) => h.readU64(b, o + 48),
+    lastDropNs: (b, o) => h.readU64(b, o + 56),
   },
   {},
   (b, o) => ({
@@ -368,18 +385,22 @@ export const CrDropCache: xt.StructCodec<CrDropCache, 'key' | 'portSlot' | 'conf
     portSlot: h.readU32(b, o + 20),
     configGen: h.readU32(b, o + 24),
     routesGen: h.readU32(b, o + 28),
-    tick: h.readU64(b, o + 32),
-    drops: h.readU64(b, o + 40),
-    lastDropNs: h.readU64(b, o + 48),
+    flowEpoch: h.readU32(b, o + 32),
+    flowOk: h.readU32(b, o + 36),
+    tick: h.readU64(b, o + 40),
+    drops: h.readU64(b, o + 48),
+    lastDropNs: h.readU64(b, o + 56),
   }),
   (v, b, o) => {
     CrBucketKey.encodeInto(v.key, b, o);
     h.writeU32(b, o + 20, v.portSlot);
     h.writeU32(b, o + 24, v.configGen);
     h.writeU32(b, o + 28, v.routesGen);
-    h.writeU64(b, o + 32, v.tick);
-    h.writeU64(b, o + 40, v.drops);
-    h.writeU64(b, o + 48, v.lastDropNs);
+    h.writeU32(b, o + 32, v.flowEpoch);
+    h.writeU32(b, o + 36, v.flowOk);
+    h.writeU64(b, o + 40, v.tick);
+    h.writeU64(b, o + 48, v.drops);
+    h.writeU64(b, o + 56, v.lastDropNs);
   },
 );
 
@@ -516,6 +537,29 @@ export const CrFlow: xt.StructCodec<CrFlow, 'lastSeenNs'> = xt.structCodec(
   }),
   (v, b, o) => {
     h.writeU64(b, o, v.lastSeenNs);
+  },
+);
+
+/** struct cr_flow_filter (128 bytes) */
+export interface CrFlowFilter {
+  /** w: u64[2][8] at 0 */
+  w: bigint[][];
+}
+export const CrFlowFilter: xt.StructCodec<CrFlowFilter, 'w'> = xt.structCodec(
+  'cr_flow_filter',
+  128,
+  { w: 0 },
+  {
+    w: (b, o) => xt.readArray(2, (i0) => xt.readArray(8, (i1) => h.readU64(b, o + i0 * 64 + i1 * 8))),
+  },
+  {
+    w: (b, o, i) => xt.readArray(8, (i0) => h.readU64(b, o + xt.index(i, 2, 'cr_flow_filter.w') * 64 + i0 * 8)),
+  },
+  (b, o) => ({
+    w: xt.readArray(2, (i0) => xt.readArray(8, (i1) => h.readU64(b, o + i0 * 64 + i1 * 8))),
+  }),
+  (v, b, o) => {
+    xt.writeArray(v.w, 2, 'cr_flow_filter.w', (x0, i0) => xt.writeArray(x0, 8, 'cr_flow_filter.w[]', (x1, i1) => h.writeU64(b, o + i0 * 64 + i1 * 8, x1)));
   },
 );
 
@@ -775,6 +819,8 @@ export const maps = {
   fallback: xt.mapDef('fallback', xt.MAP_TYPE.ARRAY, xt.codecs.u32, xt.codecs.u64),
   /** first_seen: ARRAY, u32 -> struct cr_first_seen */
   firstSeen: xt.mapDef('first_seen', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrFirstSeen),
+  /** flow_filter: ARRAY, u32 -> struct cr_flow_filter */
+  flowFilter: xt.mapDef('flow_filter', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrFlowFilter),
   /** local_addrs: HASH, struct cr_addr -> u8 */
   localAddrs: xt.mapDef('local_addrs', xt.MAP_TYPE.HASH, CrAddr, xt.codecs.u8),
   /** locals: ARRAY, u32 -> struct cr_locals */
@@ -833,27 +879,28 @@ export const LAYOUT: string = [
   "struct cr_addr 16 { bytes@0: bytes[16] }",
   "struct cr_bucket 16 { tat@0: u64; last_event_ns@8: u64 }",
   "struct cr_bucket_key 20 { src@0: struct cr_addr; dport@16: u16; proto@18: u8; pad@19: u8 }",
-  "struct cr_config 16528 { clock@0: struct cr_token_clock[2/40]; udp_timeout_ns@80: u64; generation@88: u64; rate@96: u32[2/4]; burst@104: u32; mode@108: u32; all_ports@112: u32[2/4]; ipv6_mask@120: u32[4/4]; valid@136: u32; exempt_count@140: u32; ports@144: u64[2/8192][1024/8] }",
+  "struct cr_config 16536 { clock@0: struct cr_token_clock[2/40]; udp_timeout_ns@80: u64; generation@88: u64; rate@96: u32[2/4]; burst@104: u32; mode@108: u32; all_ports@112: u32[2/4]; ipv6_mask@120: u32[4/4]; valid@136: u32; exempt_count@140: u32; flow_epoch_shift@144: u32; pad@148: u32; ports@152: u64[2/8192][1024/8] }",
   "struct cr_config_slot 4 { slot@0: u32 }",
-  "struct cr_counters 160 { n@0: u64[20/8] }",
-  "struct cr_drop_cache 56 { key@0: struct cr_bucket_key; port_slot@20: u32; config_gen@24: u32; routes_gen@28: u32; tick@32: u64; drops@40: u64; last_drop_ns@48: u64 }",
+  "struct cr_counters 168 { n@0: u64[21/8] }",
+  "struct cr_drop_cache 64 { key@0: struct cr_bucket_key; port_slot@20: u32; config_gen@24: u32; routes_gen@28: u32; flow_epoch@32: u32; flow_ok@36: u32; tick@40: u64; drops@48: u64; last_drop_ns@56: u64 }",
   "struct cr_drop_stats 16 { drops@0: u64; last_drop_ns@8: u64 }",
   "struct cr_event 48 { ts_ns@0: u64; src@8: struct cr_addr; dport@24: u16; proto@26: u8; would_drop@27: u8; rate@28: u32; burst@32: u32; pad@36: u32; drops@40: u64 }",
   "struct cr_first_seen 64 { has_bucket@0: u64; rec@8: u64[7/8] }",
   "struct cr_flow 8 { last_seen_ns@0: u64 }",
+  "struct cr_flow_filter 128 { w@0: u64[2/64][8/8] }",
   "struct cr_flow_key 36 { src@0: struct cr_addr; dst@16: struct cr_addr; sport@32: u16; dport@34: u16 }",
   "struct cr_locals 112 { v4_count@0: u32; v6_count@4: u32; use_map@8: u32; pad@12: u32; v4@16: u32[8/4]; v6@48: struct cr_addr[4/16] }",
   "struct cr_lpm_key 24 { prefixlen@0: u32; tag@4: u8; addr@5: bytes[16]; pad@21: bytes[3] }",
   "struct cr_port_key 4 { port@0: u16; proto@2: u8; pad@3: u8 }",
   "struct cr_port_stats 24 { allowed@0: u64; dropped@8: u64; would_drop@16: u64 }",
   "struct cr_token_clock 40 { base_ns@0: u64; base_tokens@8: u64; period_ns@16: u64; q_mult@24: u32; q_shift@28: u32; f_mult@32: u32; f_shift@36: u32 }",
-  "enum cr_counter 4 { CR_CNT_BUCKET_FALLBACK=12, CR_CNT_CACHE_DROP=17, CR_CNT_CAS_EXHAUSTED=11, CR_CNT_COUNT=20, CR_CNT_ESTABLISHED=2, CR_CNT_EVENTS_LOST=15, CR_CNT_EXEMPT=3, CR_CNT_FIRST_SEEN=18, CR_CNT_FIRST_SEEN_BUSY=19, CR_CNT_FLOW_INSERT_FAIL=13, CR_CNT_FRAGMENT=9, CR_CNT_IPV6_EXT_LIMIT=10, CR_CNT_MONITORED=1, CR_CNT_NEW_ALLOWED=6, CR_CNT_NEW_DROPPED=7, CR_CNT_NEW_WOULD_DROP=8, CR_CNT_NOT_MONITORED=4, CR_CNT_NO_CONFIG=16, CR_CNT_PORT_STATS_FULL=14, CR_CNT_SEEN=0, CR_CNT_UNPARSABLE=5 }",
+  "enum cr_counter 4 { CR_CNT_BUCKET_FALLBACK=12, CR_CNT_CACHE_DROP=17, CR_CNT_CAS_EXHAUSTED=11, CR_CNT_COUNT=21, CR_CNT_ESTABLISHED=2, CR_CNT_EVENTS_LOST=15, CR_CNT_EXEMPT=3, CR_CNT_FIRST_SEEN=18, CR_CNT_FIRST_SEEN_BUSY=19, CR_CNT_FLOW_FILTER_DROP=20, CR_CNT_FLOW_INSERT_FAIL=13, CR_CNT_FRAGMENT=9, CR_CNT_IPV6_EXT_LIMIT=10, CR_CNT_MONITORED=1, CR_CNT_NEW_ALLOWED=6, CR_CNT_NEW_DROPPED=7, CR_CNT_NEW_WOULD_DROP=8, CR_CNT_NOT_MONITORED=4, CR_CNT_NO_CONFIG=16, CR_CNT_PORT_STATS_FULL=14, CR_CNT_SEEN=0, CR_CNT_UNPARSABLE=5 }",
   "enum cr_lpm_tag 4 { CR_TAG_BITS=8, CR_TAG_ROUTE=255 }",
   "enum cr_mode 4 { CR_MODE_BLOCK=0, CR_MODE_LOG=1 }",
   "enum cr_proto 4 { CR_PROTO_COUNT=2, CR_PROTO_TCP=0, CR_PROTO_UDP=1 }",
   "enum cr_token 4 { CR_TOKEN=1048576, CR_TOKEN_SHIFT=20 }",
 ].join('\n');
-export const LAYOUT_SHA256 = 'cb0537f9d9a47f91117eb8e6048662ad9e3e3e0e02dbd7bb7cac9261bb5573a0';
+export const LAYOUT_SHA256 = '5e865f6ab0bf13eca26d4a39032cc369ff0b087a9fc82ea1f7574a2d8a9588bd';
 const layoutStructs = [
   'cr_abi',
   'cr_abi_id',
@@ -868,6 +915,7 @@ const layoutStructs = [
   'cr_event',
   'cr_first_seen',
   'cr_flow',
+  'cr_flow_filter',
   'cr_flow_key',
   'cr_locals',
   'cr_lpm_key',

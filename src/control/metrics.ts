@@ -29,7 +29,7 @@ type CounterExport =
   | { readonly metric: 'errors' }
   /** A counter with a metric of its own. */
   | { readonly metric: 'own'; readonly name: string; readonly help: string }
-  /** Not exported: a sum of other series (seen, monitored), or how the datapath reached a verdict counted there (cache_drop, first_seen, first_seen_busy). */
+  /** Not exported: a sum of other series (seen, monitored), or how the datapath reached a verdict counted there (cache_drop, first_seen, first_seen_busy, flow_filter_drop). */
   | { readonly metric: 'none' };
 
 /**
@@ -65,6 +65,7 @@ export const COUNTER_EXPORT: Readonly<Record<CounterName, CounterExport>> = {
   cache_drop: { metric: 'none' },
   first_seen: { metric: 'none' },
   first_seen_busy: { metric: 'none' },
+  flow_filter_drop: { metric: 'none' },
 };
 
 export interface MetricsSource {

@@ -53,6 +53,18 @@ describe('live configuration', () => {
     expect(applied).toMatchObject({ tcp: { rate: 30, ports: [1, 443, 11115, 65535] }, udp: BASE_CONFIG.udp, mode: 'log', ipv6Prefix: 56, burst: 5, udpTimeoutSec: 30 });
   });
 
+  it('gives the UDP flow filter epochs that cover the timeout, and are less than twice it', () => {
+    bench = openBench();
+    for (const udpTimeoutSec of [1, 30, 31, 86_400]) {
+      bench.dp.applyConfig({ ...BASE_CONFIG, udpTimeoutSec });
+      const slot = bench.dp.maps.configSlot.lookup(0)!.slot & 1;
+      const shift = BigInt(bench.dp.maps.config.lookup(slot)!.flowEpochShift);
+      const timeoutNs = BigInt(udpTimeoutSec) * 1_000_000_000n;
+      expect(1n << shift).toBeGreaterThanOrEqual(timeoutNs);
+      expect(1n << (shift - 1n)).toBeLessThan(timeoutNs);
+    }
+  });
+
   it('passes everything before any configuration is applied', () => {
     bench = openBench();
     for (const slot of [0, 1]) bench.dp.maps.config.update(slot, CrConfig.zero());

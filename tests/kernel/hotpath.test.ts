@@ -1,7 +1,8 @@
 /**
  * The hot-path mechanisms, each against the exact bucket it stands in for:
  * the per-CPU drop cache (void after a configuration apply, a route change or
- * the key's eviction; writes nothing shared), drops counted per CPU and folded
+ * the key's eviction; writes nothing shared), the UDP flow filter it drops new
+ * flows by (never an established one), drops counted per CPU and folded
  * by user space, first-seen records (a collision only charges more), and the
  * shared fallback bucket when a key cannot be stored.
  */
@@ -150,6 +151,96 @@ describe('drops per CPU', () => {
     expect(perCpu.reduce((a, s) => a + s.dropped, 0n)).toBe(dropped);
     console.log(`drops per CPU: ${perCpu.map((s) => s.dropped).join(' + ')}`);
   }, 60_000);
+});
+
+/** New UDP flows from `src` until one is dropped: the key is over its limit and in this CPU's drop cache. */
+function limitUdp(src: string, from: number): void {
+  for (let sport = from; sport < from + 2 * BASE_CONFIG.burst + 2; sport++) {
+    if (bench.send(udp(src, 1194, sport)) === 'DROP') return;
+  }
+  throw new Error(`${src} was never limited`);
+}
+
+function filterDrops(): bigint {
+  return bench.dp.counters().flow_filter_drop;
+}
+
+describe('the UDP flow filter', () => {
+  it('drops new flows of a limited key without the flow table, and every established flow still passes', () => {
+    bench = openBench();
+    expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('PASS');
+    expect(bench.send(udp(CLIENT4, 1194, 50001))).toBe('PASS');
+    limitUdp(CLIENT4, 40000); // three more flows admitted, then a drop
+    const cached = cacheDrops();
+    expect(bench.burst(400, (i) => udp(CLIENT4, 1194, 41000 + i))).toEqual({ pass: 0, drop: 400 });
+    expect(cacheDrops() - cached).toBe(400n);
+    // Five flows of the key hold a bit of 384 each: a new flow's bit is clear nearly always.
+    expect(filterDrops()).toBeGreaterThanOrEqual(360n);
+    for (const sport of [50000, 50001, 40000, 40001, 40002]) {
+      expect(bench.burst(10, () => udp(CLIENT4, 1194, sport))).toEqual({ pass: 10, drop: 0 });
+    }
+    // Another key's flows are its own: a source nobody limited is admitted.
+    expect(bench.send(udp(CLIENT4B, 1194, 41000))).toBe('PASS');
+  });
+
+  it('keeps a busy flow across epochs and forgets an idle one, while its key stays limited', () => {
+    bench = openBench({ udpTimeoutSec: 30 }); // epochs of 2^35 ns (34.4 s): four boundaries pass
+    expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('PASS'); // busy
+    expect(bench.send(udp(CLIENT4, 1194, 50001))).toBe('PASS'); // idle from now on
+    let sport = 20000;
+    for (let t = 10; t <= 150; t += 10) {
+      bench.at(t);
+      limitUdp(CLIENT4, sport);
+      sport += 20;
+      const before = filterDrops();
+      expect(bench.burst(20, (i) => udp(CLIENT4, 1194, sport + i)).drop).toBe(20);
+      expect(filterDrops() - before).toBeGreaterThan(0n);
+      sport += 20;
+      expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('PASS');
+      if (t >= 30) expect(bench.send(udp(CLIENT4, 1194, 50001))).toBe('DROP'); // idle 30 s or more: new
+    }
+  });
+
+  it('never drops an established flow when the UDP timeout, and so the epoch, changes', () => {
+    bench = openBench({ udpTimeoutSec: 30 });
+    expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('PASS');
+    bench.dp.applyConfig({ ...BASE_CONFIG, udpTimeoutSec: 100 }); // epochs of 2^37 ns
+    bench.at(50);
+    limitUdp(CLIENT4, 40000);
+    expect(bench.burst(50, (i) => udp(CLIENT4, 1194, 41000 + i)).drop).toBe(50);
+    expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('PASS'); // idle 50 s of 100
+    bench.dp.applyConfig({ ...BASE_CONFIG, udpTimeoutSec: 10 }); // epochs of 2^34 ns
+    bench.at(55);
+    limitUdp(CLIENT4, 42000);
+    expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('PASS'); // idle 5 s of 10
+    bench.at(70);
+    limitUdp(CLIENT4, 43000);
+    expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('DROP'); // idle 15 s of 10: new, over the limit
+  });
+
+  it('passes a flow opened while its source was exempt, after the exemption ends', () => {
+    bench = openBench();
+    bench.dp.setRoutes(['198.19.1.0/24']);
+    expect(bench.send(udp(CLIENT4, 1194, 50000))).toBe('PASS');
+    expect(bench.dp.counters().exempt).toBe(1n);
+    bench.dp.setRoutes([]);
+    limitUdp(CLIENT4, 40000);
+    expect(bench.burst(50, (i) => udp(CLIENT4, 1194, 41000 + i)).drop).toBe(50);
+    expect(bench.burst(10, () => udp(CLIENT4, 1194, 50000))).toEqual({ pass: 10, drop: 0 });
+  });
+
+  it('writes no shared map on a drop it decides', () => {
+    bench = openBench();
+    limitUdp(CLIENT4, 40000);
+    bench.send(udp(CLIENT4, 1194, 41000)); // in the cache now
+    const m = bench.dp.maps;
+    const shared = [m.config, m.buckets, m.firstSeen, m.fallback, m.udpFlows, m.flowFilter, m.portSlots, m.portSlotNext].map((t) => t.raw);
+    const before = shared.map(digest);
+    const hits = filterDrops();
+    expect(bench.burst(1000, (i) => udp(CLIENT4, 1194, 42000 + i)).drop).toBe(1000);
+    expect(filterDrops() - hits).toBeGreaterThanOrEqual(900n);
+    expect(shared.map(digest)).toEqual(before);
+  });
 });
 
 describe('first-seen records', () => {
