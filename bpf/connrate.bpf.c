@@ -277,6 +277,21 @@ struct {
 	__type(value, struct cr_counters);
 } counters SEC(".maps");
 
+/* Per CPU, never read by user space: the last tick in which this CPU made a
+ * UDP drop-cache entry that drops. While that is not the current tick no UDP
+ * entry can hit, so a datagram asks the flow table first and an established
+ * flow never builds its key. */
+struct cpu_state {
+	__u64 udp_tick;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_state);
+} cpu_state SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, CR_DEFAULT_EVENT_RING);
@@ -1002,6 +1017,15 @@ static __always_inline struct cr_flow_filter *flow_filter_of(__u64 h)
 	return bpf_map_lookup_elem(&flow_filter, &idx);
 }
 
+/* The flow filter of a packet's key, for a caller that has not built the key. */
+static __always_inline struct cr_flow_filter *flow_filter_for(const struct packet *p, const struct cr_config *cfg)
+{
+	struct cr_bucket_key key __attribute__((aligned(8)));
+
+	bucket_key_of(p, cfg, &key);
+	return flow_filter_of(key_hash(&key));
+}
+
 /* Does the configuration's epoch cover its UDP timeout (user space sets it
  * so; a slot that does not is never read, only written)? */
 static __always_inline int flow_epoch_ok(const struct cr_config *cfg)
@@ -1193,10 +1217,23 @@ static __always_inline int udp_established(const struct cr_flow_key *fk,
 	if ((__s64)(now - seen->last) >= (__s64)cfg->udp_timeout_ns)
 		return 0;
 	if (now - seen->last >= FLOW_REFRESH_NS) {
-		flow_filter_note(ff, cfg->flow_epoch_shift, flow_hash(p), now);
+		flow_filter_note(ff ? ff : flow_filter_for(p, cfg), cfg->flow_epoch_shift, flow_hash(p), now);
 		WRITE_ONCE(f->last_seen_ns, now);
 	}
 	return 1;
+}
+
+/* The datagram's flow key, the coarse clock, and is its flow established? */
+static __always_inline int udp_flow_established(const struct packet *p, const struct cr_config *cfg,
+						struct cr_flow_key *fk, __u64 *coarse,
+						struct flow_seen *seen, struct cr_flow_filter *ff)
+{
+	fk->src = p->src;
+	fk->dst = p->dst;
+	fk->sport = p->sport;
+	fk->dport = p->dport;
+	*coarse = coarse_now_ns();
+	return udp_established(fk, cfg, *coarse, seen, ff, p);
 }
 
 /* Claim a new (or expired) flow, so two CPUs never count one flow twice.
@@ -1239,7 +1276,8 @@ int connrate_xdp(struct xdp_md *ctx)
 	int inserted = 0, no_bucket;
 	struct cr_first_seen *g = NULL;
 	struct cr_flow_filter *ff = NULL;
-	int res, allowed, block, hit;
+	struct cpu_state *st = NULL;
+	int res, allowed, block, hit, udp_first = 0;
 
 	cnt = bpf_map_lookup_elem(&counters, &zero);
 	if (!cnt)
@@ -1284,11 +1322,22 @@ int connrate_xdp(struct xdp_md *ctx)
 	v4_mapped(&p);
 
 	/* Established TCP first: it never needs the key or the exemption
-	 * lookups, whoever sends it. */
+	 * lookups, whoever sends it. UDP asks the flow table first too, unless
+	 * this CPU made a UDP drop-cache entry in this tick (a flood: then the
+	 * drop cache and the flow filter come first). */
 	block = cfg->mode != CR_MODE_LOG;
 	if (p.proto == CR_PROTO_TCP && !p.tcp_new) {
 		COUNT(cnt, CR_CNT_ESTABLISHED);
 		return XDP_PASS;
+	}
+	tick = tick_now(); /* before any clock read below */
+	if (p.proto == CR_PROTO_UDP) {
+		st = bpf_map_lookup_elem(&cpu_state, &zero);
+		udp_first = st && st->udp_tick == tick;
+		if (!udp_first && udp_flow_established(&p, cfg, &fk, &coarse, &seen, NULL)) {
+			COUNT(cnt, CR_CNT_ESTABLISHED);
+			return XDP_PASS;
+		}
 	}
 
 	/* The drop cache: a key this CPU found over its limit, under this
@@ -1298,12 +1347,14 @@ int connrate_xdp(struct xdp_md *ctx)
 	h = key_hash(&key);
 	/* The key's first-seen group: its has_bucket bit clear means the key
 	 * has no bucket, so no drop-cache entry either (entries that drop are
-	 * made from a bucket): a spoofed source reads one cache line, not two. */
+	 * made from a bucket): a spoofed SYN reads one cache line, not two. UDP
+	 * skips it here: its established flows would read it for nothing, and a
+	 * spoofed datagram's flow insert costs far more than a cache slot. */
 	g = first_seen_group(&key, h);
 	hbit = 1ULL << ((h >> HAS_BUCKET_HASH_SHIFT) & HAS_BUCKET_BIT_MASK);
 	if (g)
 		hb = &g->has_bucket;
-	no_bucket = hb && !(READ_ONCE(*hb) & hbit);
+	no_bucket = p.proto == CR_PROTO_TCP && hb && !(READ_ONCE(*hb) & hbit);
 	cidx = (__u32)(h >> DROP_CACHE_HASH_SHIFT) & (CR_DROP_CACHE_SLOTS - 1);
 	e = bpf_map_lookup_elem(&drop_cache, &cidx);
 	if (!e)
@@ -1311,7 +1362,6 @@ int connrate_xdp(struct xdp_md *ctx)
 	rg = bpf_map_lookup_elem(&routes_gen, &zero);
 	rt_gen = rg ? (__u32)*rg : 0;
 	cfg_gen = (__u32)cfg->generation;
-	tick = tick_now(); /* before any clock read below */
 	hit = block && !no_bucket && e->tick == tick &&
 	      e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key);
 	if (p.proto == CR_PROTO_UDP) {
@@ -1319,19 +1369,14 @@ int connrate_xdp(struct xdp_md *ctx)
 		 * established, dropped without a flow-table lookup. Else the flow
 		 * table says whether the datagram is established. */
 		ff = flow_filter_of(h);
-		if (hit && e->flow_ok &&
-		    !flow_filter_maybe(ff, cfg->flow_epoch_shift, e->flow_epoch, flow_hash(&p))) {
+		if (!udp_first) {
+			/* not established (asked above) */
+		} else if (hit && e->flow_ok &&
+			   !flow_filter_maybe(ff, cfg->flow_epoch_shift, e->flow_epoch, flow_hash(&p))) {
 			COUNT(cnt, CR_CNT_FLOW_FILTER_DROP);
-		} else {
-			coarse = coarse_now_ns();
-			fk.src = p.src;
-			fk.dst = p.dst;
-			fk.sport = p.sport;
-			fk.dport = p.dport;
-			if (udp_established(&fk, cfg, coarse, &seen, ff, &p)) {
-				COUNT(cnt, CR_CNT_ESTABLISHED);
-				return XDP_PASS;
-			}
+		} else if (udp_flow_established(&p, cfg, &fk, &coarse, &seen, ff)) {
+			COUNT(cnt, CR_CNT_ESTABLISHED);
+			return XDP_PASS;
 		}
 	}
 	if (hit) {
@@ -1445,6 +1490,8 @@ int connrate_xdp(struct xdp_md *ctx)
 		if (b && block)
 			until = token_due(READ_ONCE(b->tat), clock, limit, tc->period_ns, now);
 		drops = drop_cache_fill(e, &key, cfg, rt_gen, pslot, tick, until, now, coarse);
+		if (st && e->tick == tick)
+			st->udp_tick = tick; /* a UDP entry that drops: ask it first in this tick */
 		if (b)
 			emit_event(&key, b, cfg, now, drops, cnt);
 	}

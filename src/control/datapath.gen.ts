@@ -62,6 +62,27 @@ export const CrToken = {
 } as const;
 export type CrToken = (typeof CrToken)[keyof typeof CrToken];
 
+/** struct cpu_state (8 bytes) */
+export interface CpuState {
+  /** udp_tick: u64 at 0 */
+  udpTick: bigint;
+}
+export const CpuState: xt.StructCodec<CpuState, 'udpTick'> = xt.structCodec(
+  'cpu_state',
+  8,
+  { udpTick: 0 },
+  {
+    udpTick: (b, o) => h.readU64(b, o),
+  },
+  {},
+  (b, o) => ({
+    udpTick: h.readU64(b, o),
+  }),
+  (v, b, o) => {
+    h.writeU64(b, o, v.udpTick);
+  },
+);
+
 /** struct cr_abi (72 bytes) */
 export interface CrAbi {
   /** proto: enum cr_proto at 0 */
@@ -809,6 +830,8 @@ export const maps = {
   configSlot: xt.mapDef('config_slot', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrConfigSlot),
   /** counters: PERCPU_ARRAY, u32 -> struct cr_counters per CPU */
   counters: xt.perCpuMapDef('counters', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CrCounters),
+  /** cpu_state: PERCPU_ARRAY, u32 -> struct cpu_state per CPU */
+  cpuState: xt.perCpuMapDef('cpu_state', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CpuState),
   /** drop_cache: PERCPU_ARRAY, u32 -> struct cr_drop_cache per CPU */
   dropCache: xt.perCpuMapDef('drop_cache', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CrDropCache),
   /** drop_stats: LRU_PERCPU_HASH, struct cr_bucket_key -> struct cr_drop_stats per CPU */
@@ -874,6 +897,7 @@ export const programs = {
 
 /** The structs and enums above as BTF describes them, one per line; LAYOUT_SHA256 is its SHA-256. */
 export const LAYOUT: string = [
+  "struct cpu_state 8 { udp_tick@0: u64 }",
   "struct cr_abi 72 { proto@0: enum cr_proto; mode@4: enum cr_mode; counter@8: enum cr_counter; tag@12: enum cr_lpm_tag; token@16: enum cr_token; event@24: struct cr_event }",
   "struct cr_abi_id 32 { sha256@0: bytes[32] }",
   "struct cr_addr 16 { bytes@0: bytes[16] }",
@@ -900,8 +924,9 @@ export const LAYOUT: string = [
   "enum cr_proto 4 { CR_PROTO_COUNT=2, CR_PROTO_TCP=0, CR_PROTO_UDP=1 }",
   "enum cr_token 4 { CR_TOKEN=1048576, CR_TOKEN_SHIFT=20 }",
 ].join('\n');
-export const LAYOUT_SHA256 = '5e865f6ab0bf13eca26d4a39032cc369ff0b087a9fc82ea1f7574a2d8a9588bd';
+export const LAYOUT_SHA256 = 'c33bd7c435ecb63c8fdc10b5c3d41c9ab346f2fc62815f589fd665b39e1baca6';
 const layoutStructs = [
+  'cpu_state',
   'cr_abi',
   'cr_abi_id',
   'cr_addr',
