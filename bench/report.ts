@@ -53,7 +53,7 @@ export interface ScenarioResult {
   /** Receive-CPU ns per packet (NAPI thread schedstat / packets), median of the rounds. */
   rx_ns_per_packet?: Record<string, number>;
   rx_ns_spread?: Record<string, Spread>;
-  /** The attached XDP program's run_time_ns / run_cnt (kernel.bpf_stats_enabled), median. */
+  /** The attached XDP program's run_time_ns / run_cnt (kernel.bpf_stats_enabled), median: below saturation (pass scenarios), under a flood (drop scenarios). */
   prog_ns_per_packet?: Record<string, number>;
   /** BPF_PROG_TEST_RUN ns/packet (bench/cost.ts); `harness_ns_per_packet` is included in each. */
   ns_per_packet: Record<string, number>;
@@ -185,6 +185,35 @@ function nsTable(r: Results, style: Style): string | undefined {
   );
 }
 
+/** The drop scenarios' XDP program time per packet in place, under the flood. */
+function floodProgTable(r: Results, style: Style): string | undefined {
+  const rows = r.scenarios.filter((s) => s.verdict === 'drop' && s.prog_ns_per_packet);
+  if (rows.length === 0) return undefined;
+  const ref = REFERENCE_FOR.drop;
+  // receive-CPU ns per packet at saturation (1000 / Mpps per receive-CPU second), and what is not the program
+  const rx = (s: ScenarioResult, e: EngineName | ReferenceName): number => 1000 / (s.mpps[e] ?? NaN);
+  const rest = (s: ScenarioResult, e: EngineName | ReferenceName): number => rx(s, e) - (s.prog_ns_per_packet?.[e] ?? NaN);
+  return table(
+    style,
+    ['scenario', 'program: connrate', ref.parse, `${ref.noTouch}¹`, `connrate − ${ref.parse}`, 'receive CPU: connrate', ref.parse, 'rest: connrate', ref.parse],
+    rows.map((s) => {
+      const p = s.prog_ns_per_packet!;
+      return [
+        s.name,
+        f(p.connrate, 1),
+        f(p[ref.parse], 1),
+        f(p[ref.noTouch], 1),
+        f(p.connrate! - p[ref.parse]!, 1),
+        f(rx(s, 'connrate'), 0),
+        f(rx(s, ref.parse), 0),
+        f(rest(s, 'connrate'), 0),
+        f(rest(s, ref.parse), 0),
+      ];
+    }),
+    ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+  );
+}
+
 /**
  * BPF_PROG_TEST_RUN ns/packet (bench/cost.ts), whatever programs it measured;
  * a difference only against the scenario's own reference (same verdict).
@@ -237,6 +266,19 @@ export function datapathTables(r: Results, style: Style): string {
       `Drop scenarios — Mpps at saturation per second of receive CPU (the engine's own counters over the CPU time of the receive NAPI thread; ${spreadNote}):`,
       '',
       drop,
+      '',
+    );
+  }
+  const floodProg = floodProgTable(r, style);
+  if (floodProg) {
+    out.push(
+      'Drop scenarios — the XDP program alone, ns per packet under the flood (run_time_ns / run_cnt over a second, ' +
+        'shorter flood with kernel.bpf_stats_enabled, whose two clock reads a packet it includes; median of the rounds), ' +
+        'next to the receive CPU\'s ns per packet at saturation (1000 / Mpps above) and the rest (receive CPU − program: ' +
+        'the veth ring, and returning each frame\'s page to the generator\'s page pool, whose lock the generator takes too ' +
+        'for every frame the full ring refuses):',
+      '',
+      floodProg,
       '',
     );
   }

@@ -159,13 +159,14 @@ async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promi
   for (let i = 0; i < rounds; i++) {
     for (let j = 0; j < engines.length; j++) {
       const engine = engines[(i + j) % engines.length]!;
-      const m = await measure(t, sc, engine, { seconds, usePktgen, ...(sc.verdict === 'pass' ? { pace } : {}) });
+      const m = await measure(t, sc, engine, { seconds, usePktgen, ...(sc.verdict === 'pass' ? { pace } : { floodStatsSeconds: pace.statsSeconds }) });
       runs.get(engine.name)!.push(m);
       generators.add(m.saturation.generator);
       if (m.saturation.note) notes.push(`${engine.name}: ${m.saturation.note}`);
       const p = m.paced;
       log(
         `${sc.name} round ${i + 1}/${rounds} ${engine.name.padEnd(18)} ${m.saturation.mpps.toFixed(3)} Mpps/rx-CPU (${m.saturation.wallMpps.toFixed(3)} Mpps, rx CPU ${((m.saturation.rxCpuSeconds / m.saturation.seconds) * 100).toFixed(0)} %)` +
+          (m.saturation.progNsPerPacket !== undefined ? `; program ${m.saturation.progNsPerPacket.toFixed(1)} ns/pkt in place` : '') +
           (p ? `; at ${p.offeredMpps.toFixed(3)} Mpps (${p.achievedMpps.toFixed(3)} achieved): ${p.rxNsPerPacket.toFixed(0)} ns/pkt receive CPU, ${p.progNsPerPacket.toFixed(1)} ns/pkt program` : '') +
           ` (set-up ${m.overhead.setupS.toFixed(1)} s, teardown ${m.overhead.teardownS.toFixed(1)} s)`,
       );
@@ -228,6 +229,9 @@ async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promi
     rx_cpu_share: rxShare,
     ...(verdicts ? { connrate_verdicts: verdicts } : {}),
   };
+  if (sc.verdict === 'drop') {
+    row.prog_ns_per_packet = Object.fromEntries(engines.map((e) => [e.name, median(rows(e.name).map((m) => m.saturation.progNsPerPacket ?? NaN))]));
+  }
   if (sc.verdict === 'pass') {
     const rx: Record<string, number> = {};
     const rxSpread: Record<string, Spread> = {};

@@ -8,7 +8,10 @@
  *    second: the receive CPU's ns per packet, from the CPU time of crbd's NAPI
  *    thread (its schedstat) over the packets its XDP program ran on;
  * 3. (pass scenarios) the same load with kernel.bpf_stats_enabled on: the
- *    attached XDP program's own time, run_time_ns / run_cnt, in place.
+ *    attached XDP program's own time, run_time_ns / run_cnt, in place;
+ *    (drop scenarios) a second, shorter flood with the statistics on: the
+ *    program's own time per packet under the flood, apart from everything
+ *    else the receive CPU does (the veth ring, returning each frame's page).
  *
  * Step 2 runs with BPF statistics as they were (off unless someone turned them
  * on), since their two clock reads a packet would count in the CPU time.
@@ -42,6 +45,8 @@ export interface Throughput {
   /** CPU time of crbd's NAPI thread during the run, s. */
   rxCpuSeconds: number;
   details?: Record<string, number>;
+  /** Drop scenarios: the attached XDP program's run_time_ns / run_cnt during a second flood (kernel.bpf_stats_enabled), ns. */
+  progNsPerPacket?: number;
   /** Which generator made the traffic. */
   generator: 'bpf-live-frames' | 'pktgen';
   note?: string;
@@ -79,6 +84,8 @@ export interface MeasureOptions {
   usePktgen?: boolean;
   /** Below-saturation measurement: offered frames a second, seconds of CPU time, seconds of program time. */
   pace?: { pps: number; seconds: number; statsSeconds: number };
+  /** Seconds of a second flood with kernel.bpf_stats_enabled, for the program's own time (drop scenarios). */
+  floodStatsSeconds?: number;
 }
 
 /** Answers the first datagram on the UDP port, then closes: the flow is now a reply-seen one. */
@@ -104,6 +111,23 @@ async function withBpfStats<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** The attached program's run_time_ns / run_cnt over `run` (kernel.bpf_stats_enabled on meanwhile). */
+async function programTime(t: Topology, run: () => Promise<unknown>): Promise<{ runs: number; nsPerPacket: number }> {
+  const prog = Program.fromId(t.dutProgId());
+  try {
+    return await withBpfStats(async () => {
+      const i0 = prog.info();
+      await run();
+      await sleep(DRAIN_MS);
+      const i1 = prog.info();
+      const runs = Number(i1.runCount - i0.runCount);
+      return { runs, nsPerPacket: runs ? Number(i1.runTimeNs - i0.runTimeNs) / runs : NaN };
+    });
+  } finally {
+    prog.close();
+  }
+}
+
 async function paced(t: Topology, run: EngineRun, base: Record<string, unknown>, pace: NonNullable<MeasureOptions['pace']>): Promise<Paced> {
   const a0 = run.arrived();
   const c0 = t.napiCpuNs();
@@ -113,27 +137,16 @@ async function paced(t: Topology, run: EngineRun, base: Record<string, unknown>,
   const packets = Number(run.arrived() - a0);
   if (packets === 0) throw new Error('paced run: no packet reached the XDP program');
 
-  const prog = Program.fromId(t.dutProgId());
-  try {
-    const { runs, ns } = await withBpfStats(async () => {
-      const i0 = prog.info();
-      await t.gen.request({ cmd: 'pace', ...base, pps: pace.pps, seconds: pace.statsSeconds });
-      await sleep(DRAIN_MS);
-      const i1 = prog.info();
-      return { runs: Number(i1.runCount - i0.runCount), ns: Number(i1.runTimeNs - i0.runTimeNs) };
-    });
-    return {
-      offeredMpps: pace.pps / 1e6,
-      achievedMpps: r.frames! / (r.elapsedNs! / 1e9) / 1e6,
-      packets,
-      lost: Math.max(0, 1 - packets / r.frames!),
-      rxNsPerPacket: cpu / packets,
-      progNsPerPacket: runs ? ns / runs : NaN,
-      progRuns: runs,
-    };
-  } finally {
-    prog.close();
-  }
+  const { runs, nsPerPacket } = await programTime(t, () => t.gen.request({ cmd: 'pace', ...base, pps: pace.pps, seconds: pace.statsSeconds }));
+  return {
+    offeredMpps: pace.pps / 1e6,
+    achievedMpps: r.frames! / (r.elapsedNs! / 1e9) / 1e6,
+    packets,
+    lost: Math.max(0, 1 - packets / r.frames!),
+    rxNsPerPacket: cpu / packets,
+    progNsPerPacket: nsPerPacket,
+    progRuns: runs,
+  };
 }
 
 export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: MeasureOptions): Promise<Measurement> {
@@ -171,7 +184,11 @@ export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: M
     const cpu = Number(t.napiCpuNs() - c0) / 1e9;
     const secs = (r.busyNs ?? r.elapsedNs!) / 1e9;
     const details = d0 && d1 ? Object.fromEntries(Object.entries(d1).map(([k, v]) => [k, v - (d0[k] ?? 0)])) : undefined;
+    const prog = opts.floodStatsSeconds
+      ? await programTime(t, () => t.gen.request({ cmd: 'run', ...base, seconds: opts.floodStatsSeconds }))
+      : undefined;
     const saturation: Throughput = {
+      ...(prog ? { progNsPerPacket: prog.nsPerPacket } : {}),
       mpps: seen / cpu / 1e6,
       wallMpps: seen / secs / 1e6,
       offeredMpps: r.frames! / secs / 1e6,
