@@ -4,13 +4,15 @@
  * limiting in XDP. Layouts shared with user space: connrate.h.
  *
  * Per packet, in this order: parse (VLANs, IPv4/IPv6, TCP/UDP) → the
- * configuration in force (none applied yet: pass) → is the limit on for this
- * protocol and port → is the destination local (inline for a few addresses)
+ * configuration in force (none applied yet: pass) → is the destination local
+ * (inline for a few addresses) → is the limit on for this protocol and port
  * → TCP: is it a new connection (SYN without ACK) → the key's has_bucket bit,
  * in its first-seen group; set: this CPU's drop cache (a key known to be over
- * its limit in this tick: drop, touching only per-CPU lines) → UDP: on a hit,
- * the key's flow filter (a new flow drops without a flow-table lookup), else
- * is its flow established (seen within the timeout) → is the source exempt (a non-default route or
+ * its limit in this tick: drop, touching only per-CPU lines) → UDP: is its
+ * flow established (seen within the timeout; while this CPU holds a UDP
+ * drop-cache entry made in this tick, the drop cache and the key's flow filter
+ * come first: a new flow of a key over its limit drops without a flow-table
+ * lookup) → is the source exempt (a non-default route or
  * the admin list) → has_bucket clear: the first-seen group admits a new key
  * (one record, one CAS) without a bucket lookup; set, or a second packet
  * within a token, or a full group: its GCRA bucket, updated by
@@ -1309,10 +1311,11 @@ int connrate_xdp(struct xdp_md *ctx)
 	cfg = bpf_map_lookup_elem(&config, &slot);
 	if (!cfg)
 		return XDP_PASS;
-	/* A slot never written is all zeros: its clocks stand still, so it is
-	 * told apart (valid) only on the way out. */
+	/* The destination first: most of what an appliance sees is forwarded,
+	 * and is_local alone sends it on. A slot never written is all zeros: its
+	 * clocks stand still, so it is told apart (valid) only on the way out. */
 	tc = &cfg->clock[p.proto & 1];
-	if (!tc->period_ns || !port_listed(cfg, p.proto, p.dport) || !is_local(&p)) {
+	if (!is_local(&p) || !tc->period_ns || !port_listed(cfg, p.proto, p.dport)) {
 		if (!cfg->valid)
 			COUNT(cnt, CR_CNT_NO_CONFIG);
 		COUNT(cnt, CR_CNT_NOT_MONITORED);
