@@ -4,6 +4,7 @@
  * parse-ip references of bpf/xdp_ref.bpf.c in the same run:
  *
  *   drop path (a key over its limit)            vs xdp_drop_parse
+ *   UDP drop path (a new flow of such a key)    vs xdp_drop_parse
  *   established TCP, established UDP,
  *   a non-local destination, a spoofed source   vs xdp_pass_parse
  *
@@ -88,6 +89,13 @@ function overLimit(dp: Datapath, data: Buffer): void {
   for (let i = 0; i < CONFIG.burst + 1; i++) dp.program.testRun({ data });
 }
 
+/** A UDP source that opened its burst of flows, then one more (dropped): the measured datagram is yet another new flow. */
+const udpFlood4: FrameSpec = { ...udp4, src: '198.19.9.9' };
+function overLimitUdp(dp: Datapath, data: Buffer): void {
+  for (let i = 0; i < CONFIG.burst + 1; i++) dp.program.testRun({ data: frame({ ...udpFlood4, sport: 30000 + i }) });
+  dp.program.testRun({ data });
+}
+
 /** Fill the bucket map with `n` keys: IPv6 /64s 2001:db8:<i>::/64 (the cycle6 sources) or v4 sources on another port. */
 function prefill(dp: Datapath, n: number, kind: 'cycle6' | 'other', ahead: bigint): void {
   const buckets = dp.maps.buckets;
@@ -107,6 +115,7 @@ function prefill(dp: Datapath, n: number, kind: 'cycle6' | 'other', ahead: bigin
 
 const HOT: Case[] = [
   { name: 'drop path (SYN, key over its limit)', ref: 'xdp_drop_parse', spec: syn4, rewrite: 'fixed', repeat: REPEAT, prepare: overLimit },
+  { name: 'UDP drop path (new flow, key over its limit)', ref: 'xdp_drop_parse', spec: udpFlood4, rewrite: 'fixed', repeat: REPEAT, prepare: overLimitUdp },
   { name: 'established TCP (ACK)', ref: 'xdp_pass_parse', spec: { ...syn4, syn: false, ack: true }, rewrite: 'fixed', repeat: REPEAT, prepare: () => {} },
   { name: 'established UDP (known flow)', ref: 'xdp_pass_parse', spec: udp4, rewrite: 'fixed', repeat: REPEAT, prepare: (dp, data) => void dp.program.testRun({ data }) },
   { name: 'non-local destination (UDP)', ref: 'xdp_pass_parse', spec: { ...udp4, dst: FOREIGN4 }, rewrite: 'fixed', repeat: REPEAT, prepare: () => {} },
