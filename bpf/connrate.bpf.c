@@ -73,7 +73,7 @@ const volatile __u8 cr_test_first_seen_collide = 0;
 #define PORT_SLOT_GUARD (1U << 24) /* stop handing out port slots long before the counter wraps */
 #define CACHE_LINE 64
 _Static_assert(sizeof(struct cr_first_seen) == CACHE_LINE, "a first-seen group is one cache line");
-_Static_assert(sizeof(((struct cr_flow_filter *)0)->w[0]) == CACHE_LINE, "a flow filter epoch is one cache line");
+_Static_assert(sizeof(struct cr_flow_filter) == 2 * CACHE_LINE, "a flow filter is two cache lines");
 #define FS_HALF (CR_FIRST_SEEN_GROUPS / CR_PROTO_COUNT)
 #define FS_NONE 0xff
 #define FS_CLOCK_MASK (((__u64)1 << CR_FIRST_SEEN_CLOCK_BITS) - 1)
@@ -226,7 +226,7 @@ struct {
 } first_seen SEC(".maps");
 
 /* UDP flow filters (connrate.h), one per hash of the key. Mmapable only for
- * its layout: values start on a page, so each epoch's words are one line. */
+ * its layout: values start on a page, so a flow's two words share a line. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, CR_FLOW_FILTER_SLOTS);
@@ -1051,7 +1051,7 @@ static __always_inline void flow_filter_note(struct cr_flow_filter *ff, __u32 sh
 	shift &= FLOW_SHIFT_MAX;
 	e = now >> shift;
 	tag = ((__u64)shift << CR_FLOW_EPOCH_BITS) | (e & FLOW_EPOCH_MASK);
-	wp = &ff->w[e & 1][fh & (CR_FLOW_FILTER_WORDS - 1)];
+	wp = &ff->w[fh & (CR_FLOW_FILTER_WORDS - 1)][e & 1];
 	bit = flow_bit(fh);
 	for (i = 0; i < CR_CAS_RETRIES; i++) {
 		old = READ_ONCE(*wp);
@@ -1084,7 +1084,7 @@ static __always_inline int flow_filter_maybe(const struct cr_flow_filter *ff, __
 		return 1;
 	for (i = 0; i < 2; i++) {
 		x = e - i;
-		w = READ_ONCE(ff->w[x & 1][fh & (CR_FLOW_FILTER_WORDS - 1)]);
+		w = READ_ONCE(ff->w[fh & (CR_FLOW_FILTER_WORDS - 1)][x & 1]);
 		if (!w)
 			continue; /* never written */
 		tag = (__u32)(w >> CR_FLOW_FILTER_TAG_SHIFT);

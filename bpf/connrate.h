@@ -36,7 +36,7 @@ typedef uint64_t __u64;
 #define CR_FIRST_SEEN_CLOCK_BITS 40   /* a record: token clock's low 40 bits, fingerprint above */
 #define CR_TICK_MAX_NS 10000000ULL /* a kernel tick (jiffy) lasts at most 10 ms (HZ >= 100) */
 #define CR_FLOW_FILTER_SLOTS (1 << 15) /* UDP flow filters, one per hash of the key */
-#define CR_FLOW_FILTER_WORDS 8       /* words per epoch in a flow filter: one cache line */
+#define CR_FLOW_FILTER_WORDS 8       /* word pairs in a flow filter (an even and an odd epoch) */
 #define CR_FLOW_FILTER_TAG_SHIFT 48  /* a flow filter word: its tag above 48 bits of filter */
 #define CR_FLOW_EPOCH_BITS 10        /* a tag: the epoch shift above the epoch's low 10 bits */
 #define CR_LOCALS_V4 8             /* local addresses checked inline, per family; */
@@ -70,7 +70,9 @@ enum cr_mode {
 /* Global per-CPU counters: index into struct cr_counters, the one value of the
  * `counters` PERCPU_ARRAY. */
 enum cr_counter {
-	/* seen = monitored + not_monitored + unparsable;
+	/* The ones a drop from the drop cache counts (monitored, new_dropped,
+	 * cache_drop, flow_filter_drop) are neighbours: fewer cache lines.
+	 * seen = monitored + not_monitored + unparsable;
 	 * monitored = established + exempt + new_allowed + new_dropped + new_would_drop */
 	CR_CNT_SEEN = 0,          /* every packet the program ran on: not counted here, user
 				   * space sums the three it is made of (one increment a
@@ -82,6 +84,10 @@ enum cr_counter {
 	CR_CNT_UNPARSABLE,        /* truncated or malformed headers */
 	CR_CNT_NEW_ALLOWED,       /* new connections let through */
 	CR_CNT_NEW_DROPPED,       /* new connections dropped (block mode) */
+	CR_CNT_CACHE_DROP,        /* new connections dropped by the per-CPU over-limit cache
+				   * (also counted new_dropped) */
+	CR_CNT_FLOW_FILTER_DROP,  /* UDP cache drops decided by the flow filter, without a
+				   * flow-table lookup (also counted cache_drop) */
 	CR_CNT_NEW_WOULD_DROP,    /* new connections over the limit, passed (log mode) */
 	CR_CNT_FRAGMENT,          /* non-first IPv4 fragments (also counted not monitored) */
 	CR_CNT_IPV6_EXT_LIMIT,    /* IPv6 extension chain too long (also counted not monitored) */
@@ -92,12 +98,8 @@ enum cr_counter {
 	CR_CNT_PORT_STATS_FULL,   /* per-port counter map full; totals still counted */
 	CR_CNT_EVENTS_LOST,       /* ring buffer full: a log event was not delivered */
 	CR_CNT_NO_CONFIG,         /* no configuration applied yet; packet passed */
-	CR_CNT_CACHE_DROP,        /* new connections dropped by the per-CPU over-limit cache
-				   * (also counted new_dropped) */
 	CR_CNT_FIRST_SEEN,        /* new keys admitted by a first-seen record, no bucket stored */
 	CR_CNT_FIRST_SEEN_BUSY,   /* first-seen record slot held by another key: bucket map used */
-	CR_CNT_FLOW_FILTER_DROP,  /* UDP cache drops decided by the flow filter, without a
-				   * flow-table lookup (also counted cache_drop) */
 	CR_CNT_COUNT,
 };
 
@@ -167,8 +169,8 @@ struct cr_flow {
 
 /* The UDP flows seen lately of the keys with one hash (`flow_filter`, an ARRAY
  * indexed by a hash of the bucket key). Time is cut into epochs of
- * 2^flow_epoch_shift ns (cr_config; at least the UDP timeout), and w[e & 1]
- * holds epoch e. Each word is tagged (bits 48..63) with the shift and the low
+ * 2^flow_epoch_shift ns (cr_config; at least the UDP timeout), and w[i][e & 1]
+ * holds epoch e (a flow's two words side by side, in one cache line). Each word is tagged (bits 48..63) with the shift and the low
  * bits of the epoch its bits belong to; a flow has one bit, chosen by a hash
  * of its 4-tuple. Before a flow's last-seen time is written, its bit is set in
  * the word of that time's epoch (a refresh within one epoch finds it set).
@@ -179,7 +181,7 @@ struct cr_flow {
  * every flow it held has expired). Keys sharing a filter, and flows sharing a
  * bit, only send more datagrams to the flow table. */
 struct cr_flow_filter {
-	__u64 w[2][CR_FLOW_FILTER_WORDS];
+	__u64 w[CR_FLOW_FILTER_WORDS][2];
 };
 
 /* A group of first-seen records (`first_seen`, an ARRAY indexed by a hash of
@@ -256,11 +258,11 @@ struct cr_config {
 	__u32 rate[CR_PROTO_COUNT];      /* connections per minute, for events */
 	__u32 burst;
 	__u32 mode;                      /* enum cr_mode */
+	__u32 flow_epoch_shift;          /* flow filter epochs of 2^shift ns >= udp_timeout_ns */
 	__u32 all_ports[CR_PROTO_COUNT]; /* 1: every port is monitored */
 	__u32 ipv6_mask[4];              /* source mask for IPv6 buckets, network order */
 	__u32 valid;                     /* 0 until user space writes the slot */
 	__u32 exempt_count;              /* prefixes tagged with this slot; 0 skips the lookup */
-	__u32 flow_epoch_shift;          /* flow filter epochs of 2^shift ns >= udp_timeout_ns */
 	__u32 pad;
 	__u64 ports[CR_PROTO_COUNT][CR_PORT_WORDS]; /* bit p set: port p monitored */
 };

@@ -16,19 +16,19 @@ export const CrCounter = {
   CR_CNT_UNPARSABLE: 5,
   CR_CNT_NEW_ALLOWED: 6,
   CR_CNT_NEW_DROPPED: 7,
-  CR_CNT_NEW_WOULD_DROP: 8,
-  CR_CNT_FRAGMENT: 9,
-  CR_CNT_IPV6_EXT_LIMIT: 10,
-  CR_CNT_CAS_EXHAUSTED: 11,
-  CR_CNT_BUCKET_FALLBACK: 12,
-  CR_CNT_FLOW_INSERT_FAIL: 13,
-  CR_CNT_PORT_STATS_FULL: 14,
-  CR_CNT_EVENTS_LOST: 15,
-  CR_CNT_NO_CONFIG: 16,
-  CR_CNT_CACHE_DROP: 17,
-  CR_CNT_FIRST_SEEN: 18,
-  CR_CNT_FIRST_SEEN_BUSY: 19,
-  CR_CNT_FLOW_FILTER_DROP: 20,
+  CR_CNT_CACHE_DROP: 8,
+  CR_CNT_FLOW_FILTER_DROP: 9,
+  CR_CNT_NEW_WOULD_DROP: 10,
+  CR_CNT_FRAGMENT: 11,
+  CR_CNT_IPV6_EXT_LIMIT: 12,
+  CR_CNT_CAS_EXHAUSTED: 13,
+  CR_CNT_BUCKET_FALLBACK: 14,
+  CR_CNT_FLOW_INSERT_FAIL: 15,
+  CR_CNT_PORT_STATS_FULL: 16,
+  CR_CNT_EVENTS_LOST: 17,
+  CR_CNT_NO_CONFIG: 18,
+  CR_CNT_FIRST_SEEN: 19,
+  CR_CNT_FIRST_SEEN_BUSY: 20,
   CR_CNT_COUNT: 21,
 } as const;
 export type CrCounter = (typeof CrCounter)[keyof typeof CrCounter];
@@ -247,25 +247,25 @@ export interface CrConfig {
   burst: number;
   /** mode: u32 at 108 */
   mode: number;
-  /** all_ports: u32[2] at 112 */
-  allPorts: number[];
-  /** ipv6_mask: u32[4] at 120 */
-  ipv6Mask: number[];
-  /** valid: u32 at 136 */
-  valid: number;
-  /** exempt_count: u32 at 140 */
-  exemptCount: number;
-  /** flow_epoch_shift: u32 at 144 */
+  /** flow_epoch_shift: u32 at 112 */
   flowEpochShift: number;
+  /** all_ports: u32[2] at 116 */
+  allPorts: number[];
+  /** ipv6_mask: u32[4] at 124 */
+  ipv6Mask: number[];
+  /** valid: u32 at 140 */
+  valid: number;
+  /** exempt_count: u32 at 144 */
+  exemptCount: number;
   /** pad: u32 at 148 */
   pad: number;
   /** ports: u64[2][1024] at 152 */
   ports: bigint[][];
 }
-export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'generation' | 'rate' | 'burst' | 'mode' | 'allPorts' | 'ipv6Mask' | 'valid' | 'exemptCount' | 'flowEpochShift' | 'pad' | 'ports'> = xt.structCodec(
+export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'generation' | 'rate' | 'burst' | 'mode' | 'flowEpochShift' | 'allPorts' | 'ipv6Mask' | 'valid' | 'exemptCount' | 'pad' | 'ports'> = xt.structCodec(
   'cr_config',
   16536,
-  { clock: 0, udpTimeoutNs: 80, generation: 88, rate: 96, burst: 104, mode: 108, allPorts: 112, ipv6Mask: 120, valid: 136, exemptCount: 140, flowEpochShift: 144, pad: 148, ports: 152 },
+  { clock: 0, udpTimeoutNs: 80, generation: 88, rate: 96, burst: 104, mode: 108, flowEpochShift: 112, allPorts: 116, ipv6Mask: 124, valid: 140, exemptCount: 144, pad: 148, ports: 152 },
   {
     clock: (b, o) => xt.readArray(2, (i0) => CrTokenClock.decode(b, o + i0 * 40)),
     udpTimeoutNs: (b, o) => h.readU64(b, o + 80),
@@ -273,19 +273,19 @@ export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'gene
     rate: (b, o) => xt.readArray(2, (i0) => h.readU32(b, o + 96 + i0 * 4)),
     burst: (b, o) => h.readU32(b, o + 104),
     mode: (b, o) => h.readU32(b, o + 108),
-    allPorts: (b, o) => xt.readArray(2, (i0) => h.readU32(b, o + 112 + i0 * 4)),
-    ipv6Mask: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 120 + i0 * 4)),
-    valid: (b, o) => h.readU32(b, o + 136),
-    exemptCount: (b, o) => h.readU32(b, o + 140),
-    flowEpochShift: (b, o) => h.readU32(b, o + 144),
+    flowEpochShift: (b, o) => h.readU32(b, o + 112),
+    allPorts: (b, o) => xt.readArray(2, (i0) => h.readU32(b, o + 116 + i0 * 4)),
+    ipv6Mask: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 124 + i0 * 4)),
+    valid: (b, o) => h.readU32(b, o + 140),
+    exemptCount: (b, o) => h.readU32(b, o + 144),
     pad: (b, o) => h.readU32(b, o + 148),
     ports: (b, o) => xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 152 + i0 * 8192 + i1 * 8))),
   },
   {
     clock: (b, o, i) => CrTokenClock.decode(b, o + xt.index(i, 2, 'cr_config.clock') * 40),
     rate: (b, o, i) => h.readU32(b, o + 96 + xt.index(i, 2, 'cr_config.rate') * 4),
-    allPorts: (b, o, i) => h.readU32(b, o + 112 + xt.index(i, 2, 'cr_config.all_ports') * 4),
-    ipv6Mask: (b, o, i) => h.readU32(b, o + 120 + xt.index(i, 4, 'cr_config.ipv6_mask') * 4),
+    allPorts: (b, o, i) => h.readU32(b, o + 116 + xt.index(i, 2, 'cr_config.all_ports') * 4),
+    ipv6Mask: (b, o, i) => h.readU32(b, o + 124 + xt.index(i, 4, 'cr_config.ipv6_mask') * 4),
     ports: (b, o, i) => xt.readArray(1024, (i0) => h.readU64(b, o + 152 + xt.index(i, 2, 'cr_config.ports') * 8192 + i0 * 8)),
   },
   (b, o) => ({
@@ -295,11 +295,11 @@ export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'gene
     rate: xt.readArray(2, (i0) => h.readU32(b, o + 96 + i0 * 4)),
     burst: h.readU32(b, o + 104),
     mode: h.readU32(b, o + 108),
-    allPorts: xt.readArray(2, (i0) => h.readU32(b, o + 112 + i0 * 4)),
-    ipv6Mask: xt.readArray(4, (i0) => h.readU32(b, o + 120 + i0 * 4)),
-    valid: h.readU32(b, o + 136),
-    exemptCount: h.readU32(b, o + 140),
-    flowEpochShift: h.readU32(b, o + 144),
+    flowEpochShift: h.readU32(b, o + 112),
+    allPorts: xt.readArray(2, (i0) => h.readU32(b, o + 116 + i0 * 4)),
+    ipv6Mask: xt.readArray(4, (i0) => h.readU32(b, o + 124 + i0 * 4)),
+    valid: h.readU32(b, o + 140),
+    exemptCount: h.readU32(b, o + 144),
     pad: h.readU32(b, o + 148),
     ports: xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 152 + i0 * 8192 + i1 * 8))),
   }),
@@ -310,11 +310,11 @@ export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'gene
     xt.writeArray(v.rate, 2, 'cr_config.rate', (x0, i0) => h.writeU32(b, o + 96 + i0 * 4, x0));
     h.writeU32(b, o + 104, v.burst);
     h.writeU32(b, o + 108, v.mode);
-    xt.writeArray(v.allPorts, 2, 'cr_config.all_ports', (x0, i0) => h.writeU32(b, o + 112 + i0 * 4, x0));
-    xt.writeArray(v.ipv6Mask, 4, 'cr_config.ipv6_mask', (x0, i0) => h.writeU32(b, o + 120 + i0 * 4, x0));
-    h.writeU32(b, o + 136, v.valid);
-    h.writeU32(b, o + 140, v.exemptCount);
-    h.writeU32(b, o + 144, v.flowEpochShift);
+    h.writeU32(b, o + 112, v.flowEpochShift);
+    xt.writeArray(v.allPorts, 2, 'cr_config.all_ports', (x0, i0) => h.writeU32(b, o + 116 + i0 * 4, x0));
+    xt.writeArray(v.ipv6Mask, 4, 'cr_config.ipv6_mask', (x0, i0) => h.writeU32(b, o + 124 + i0 * 4, x0));
+    h.writeU32(b, o + 140, v.valid);
+    h.writeU32(b, o + 144, v.exemptCount);
     h.writeU32(b, o + 148, v.pad);
     xt.writeArray(v.ports, 2, 'cr_config.ports', (x0, i0) => xt.writeArray(x0, 1024, 'cr_config.ports[]', (x1, i1) => h.writeU64(b, o + 152 + i0 * 8192 + i1 * 8, x1)));
   },
@@ -563,7 +563,7 @@ export const CrFlow: xt.StructCodec<CrFlow, 'lastSeenNs'> = xt.structCodec(
 
 /** struct cr_flow_filter (128 bytes) */
 export interface CrFlowFilter {
-  /** w: u64[2][8] at 0 */
+  /** w: u64[8][2] at 0 */
   w: bigint[][];
 }
 export const CrFlowFilter: xt.StructCodec<CrFlowFilter, 'w'> = xt.structCodec(
@@ -571,16 +571,16 @@ export const CrFlowFilter: xt.StructCodec<CrFlowFilter, 'w'> = xt.structCodec(
   128,
   { w: 0 },
   {
-    w: (b, o) => xt.readArray(2, (i0) => xt.readArray(8, (i1) => h.readU64(b, o + i0 * 64 + i1 * 8))),
+    w: (b, o) => xt.readArray(8, (i0) => xt.readArray(2, (i1) => h.readU64(b, o + i0 * 16 + i1 * 8))),
   },
   {
-    w: (b, o, i) => xt.readArray(8, (i0) => h.readU64(b, o + xt.index(i, 2, 'cr_flow_filter.w') * 64 + i0 * 8)),
+    w: (b, o, i) => xt.readArray(2, (i0) => h.readU64(b, o + xt.index(i, 8, 'cr_flow_filter.w') * 16 + i0 * 8)),
   },
   (b, o) => ({
-    w: xt.readArray(2, (i0) => xt.readArray(8, (i1) => h.readU64(b, o + i0 * 64 + i1 * 8))),
+    w: xt.readArray(8, (i0) => xt.readArray(2, (i1) => h.readU64(b, o + i0 * 16 + i1 * 8))),
   }),
   (v, b, o) => {
-    xt.writeArray(v.w, 2, 'cr_flow_filter.w', (x0, i0) => xt.writeArray(x0, 8, 'cr_flow_filter.w[]', (x1, i1) => h.writeU64(b, o + i0 * 64 + i1 * 8, x1)));
+    xt.writeArray(v.w, 8, 'cr_flow_filter.w', (x0, i0) => xt.writeArray(x0, 2, 'cr_flow_filter.w[]', (x1, i1) => h.writeU64(b, o + i0 * 16 + i1 * 8, x1)));
   },
 );
 
@@ -903,7 +903,7 @@ export const LAYOUT: string = [
   "struct cr_addr 16 { bytes@0: bytes[16] }",
   "struct cr_bucket 16 { tat@0: u64; last_event_ns@8: u64 }",
   "struct cr_bucket_key 20 { src@0: struct cr_addr; dport@16: u16; proto@18: u8; pad@19: u8 }",
-  "struct cr_config 16536 { clock@0: struct cr_token_clock[2/40]; udp_timeout_ns@80: u64; generation@88: u64; rate@96: u32[2/4]; burst@104: u32; mode@108: u32; all_ports@112: u32[2/4]; ipv6_mask@120: u32[4/4]; valid@136: u32; exempt_count@140: u32; flow_epoch_shift@144: u32; pad@148: u32; ports@152: u64[2/8192][1024/8] }",
+  "struct cr_config 16536 { clock@0: struct cr_token_clock[2/40]; udp_timeout_ns@80: u64; generation@88: u64; rate@96: u32[2/4]; burst@104: u32; mode@108: u32; flow_epoch_shift@112: u32; all_ports@116: u32[2/4]; ipv6_mask@124: u32[4/4]; valid@140: u32; exempt_count@144: u32; pad@148: u32; ports@152: u64[2/8192][1024/8] }",
   "struct cr_config_slot 4 { slot@0: u32 }",
   "struct cr_counters 168 { n@0: u64[21/8] }",
   "struct cr_drop_cache 64 { key@0: struct cr_bucket_key; port_slot@20: u32; config_gen@24: u32; routes_gen@28: u32; flow_epoch@32: u32; flow_ok@36: u32; tick@40: u64; drops@48: u64; last_drop_ns@56: u64 }",
@@ -911,20 +911,20 @@ export const LAYOUT: string = [
   "struct cr_event 48 { ts_ns@0: u64; src@8: struct cr_addr; dport@24: u16; proto@26: u8; would_drop@27: u8; rate@28: u32; burst@32: u32; pad@36: u32; drops@40: u64 }",
   "struct cr_first_seen 64 { has_bucket@0: u64; rec@8: u64[7/8] }",
   "struct cr_flow 8 { last_seen_ns@0: u64 }",
-  "struct cr_flow_filter 128 { w@0: u64[2/64][8/8] }",
+  "struct cr_flow_filter 128 { w@0: u64[8/16][2/8] }",
   "struct cr_flow_key 36 { src@0: struct cr_addr; dst@16: struct cr_addr; sport@32: u16; dport@34: u16 }",
   "struct cr_locals 112 { v4_count@0: u32; v6_count@4: u32; use_map@8: u32; pad@12: u32; v4@16: u32[8/4]; v6@48: struct cr_addr[4/16] }",
   "struct cr_lpm_key 24 { prefixlen@0: u32; tag@4: u8; addr@5: bytes[16]; pad@21: bytes[3] }",
   "struct cr_port_key 4 { port@0: u16; proto@2: u8; pad@3: u8 }",
   "struct cr_port_stats 24 { allowed@0: u64; dropped@8: u64; would_drop@16: u64 }",
   "struct cr_token_clock 40 { base_ns@0: u64; base_tokens@8: u64; period_ns@16: u64; q_mult@24: u32; q_shift@28: u32; f_mult@32: u32; f_shift@36: u32 }",
-  "enum cr_counter 4 { CR_CNT_BUCKET_FALLBACK=12, CR_CNT_CACHE_DROP=17, CR_CNT_CAS_EXHAUSTED=11, CR_CNT_COUNT=21, CR_CNT_ESTABLISHED=2, CR_CNT_EVENTS_LOST=15, CR_CNT_EXEMPT=3, CR_CNT_FIRST_SEEN=18, CR_CNT_FIRST_SEEN_BUSY=19, CR_CNT_FLOW_FILTER_DROP=20, CR_CNT_FLOW_INSERT_FAIL=13, CR_CNT_FRAGMENT=9, CR_CNT_IPV6_EXT_LIMIT=10, CR_CNT_MONITORED=1, CR_CNT_NEW_ALLOWED=6, CR_CNT_NEW_DROPPED=7, CR_CNT_NEW_WOULD_DROP=8, CR_CNT_NOT_MONITORED=4, CR_CNT_NO_CONFIG=16, CR_CNT_PORT_STATS_FULL=14, CR_CNT_SEEN=0, CR_CNT_UNPARSABLE=5 }",
+  "enum cr_counter 4 { CR_CNT_BUCKET_FALLBACK=14, CR_CNT_CACHE_DROP=8, CR_CNT_CAS_EXHAUSTED=13, CR_CNT_COUNT=21, CR_CNT_ESTABLISHED=2, CR_CNT_EVENTS_LOST=17, CR_CNT_EXEMPT=3, CR_CNT_FIRST_SEEN=19, CR_CNT_FIRST_SEEN_BUSY=20, CR_CNT_FLOW_FILTER_DROP=9, CR_CNT_FLOW_INSERT_FAIL=15, CR_CNT_FRAGMENT=11, CR_CNT_IPV6_EXT_LIMIT=12, CR_CNT_MONITORED=1, CR_CNT_NEW_ALLOWED=6, CR_CNT_NEW_DROPPED=7, CR_CNT_NEW_WOULD_DROP=10, CR_CNT_NOT_MONITORED=4, CR_CNT_NO_CONFIG=18, CR_CNT_PORT_STATS_FULL=16, CR_CNT_SEEN=0, CR_CNT_UNPARSABLE=5 }",
   "enum cr_lpm_tag 4 { CR_TAG_BITS=8, CR_TAG_ROUTE=255 }",
   "enum cr_mode 4 { CR_MODE_BLOCK=0, CR_MODE_LOG=1 }",
   "enum cr_proto 4 { CR_PROTO_COUNT=2, CR_PROTO_TCP=0, CR_PROTO_UDP=1 }",
   "enum cr_token 4 { CR_TOKEN=1048576, CR_TOKEN_SHIFT=20 }",
 ].join('\n');
-export const LAYOUT_SHA256 = 'c33bd7c435ecb63c8fdc10b5c3d41c9ab346f2fc62815f589fd665b39e1baca6';
+export const LAYOUT_SHA256 = 'a7d998132b4ef4e3f480db2d018eaeba3388fe4067ab12b5becd5bf40ab1484b';
 const layoutStructs = [
   'cpu_state',
   'cr_abi',
