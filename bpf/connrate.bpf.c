@@ -733,6 +733,15 @@ static __always_inline void bucket_key_of(const struct packet *p, const struct c
 	w[KEY_WORDS - 1] = t.w;
 }
 
+/* murmur3's 64-bit finalizer: every input bit reaches every output bit. */
+static __always_inline __u64 fmix64(__u64 h)
+{
+	h ^= h >> HASH_FMIX_SHIFT;
+	h *= HASH_FMIX;
+	h ^= h >> HASH_FMIX_SHIFT;
+	return h;
+}
+
 /* 64-bit hash of a bucket key (its five 32-bit words), one multiply per pair
  * and a murmur3 finalizer. The first-seen records index by bits 0..18, the
  * drop cache by bits 20..31, first-seen fingerprints are bits 40..63. */
@@ -744,10 +753,7 @@ static __always_inline __u64 key_hash(const struct cr_bucket_key *k)
 	h = (((__u64)w[0] << U32_BITS) | w[1]) * HASH_K1;
 	h ^= (((__u64)w[2] << U32_BITS) | w[3]) * HASH_K2;
 	h ^= (__u64)w[4] * HASH_K3;
-	h ^= h >> HASH_FMIX_SHIFT;
-	h *= HASH_FMIX;
-	h ^= h >> HASH_FMIX_SHIFT;
-	return h;
+	return fmix64(h);
 }
 
 static __always_inline int key_equal(const struct cr_bucket_key *a, const struct cr_bucket_key *b)
@@ -999,10 +1005,7 @@ static __always_inline __u64 flow_hash(const struct packet *p)
 		h ^= (((__u64)d[0] << U32_BITS) | d[1]) * HASH_K4;
 		h ^= (__u64)d[2] * HASH_FMIX;
 	}
-	h ^= h >> HASH_FMIX_SHIFT;
-	h *= HASH_FMIX;
-	h ^= h >> HASH_FMIX_SHIFT;
-	return h;
+	return fmix64(h);
 }
 
 static __always_inline __u64 flow_bit(__u64 fh)
