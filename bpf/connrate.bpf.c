@@ -28,9 +28,9 @@
  *   established TCP, not monitored ...... none
  *   drop of a new UDP flow, key cached .. none (the flow filter is read only)
  *   established UDP ..................... the flow's last-seen, once per ms, and
- *                                          its bit in the key's flow filter (a
+ *                                          its bits in the key's flow filter (a
  *                                          write once per flow per epoch)
- *   new UDP flow ........................ its flow-filter bit, the flow insert
+ *   new UDP flow ........................ its flow-filter bits, the flow insert
  *   new key, first packet ............... its first-seen group (one CAS)
  *   new key, second packet .............. has_bucket (once per bit), the bucket
  *                                          insert (the LRU's lists)
@@ -85,8 +85,12 @@ _Static_assert(sizeof(struct cr_flow_filter) == 2 * CACHE_LINE, "a flow filter i
 #define FLOW_EPOCH_MASK ((1U << CR_FLOW_EPOCH_BITS) - 1)
 #define FLOW_EPOCH_HALF (1U << (CR_FLOW_EPOCH_BITS - 1)) /* tag distances below it are later epochs */
 #define FLOW_SHIFT_MAX 63
-#define FLOW_BIT_HASH_SHIFT 3  /* flow_hash bits 0..2 pick the word, 3..18 the bit */
-#define FLOW_BIT_HASH_MASK 0xffff
+#define FLOW_WORD_HASH_SHIFT 61 /* flow_hash bits 61..63 pick the word, */
+#define FLOW_BIT_HASH_SHIFT 29  /* 29..44 and 45..60 the bits */
+#define FLOW_BIT_HASH_BITS 16
+#define FLOW_BIT_HASH_MASK ((1U << FLOW_BIT_HASH_BITS) - 1)
+_Static_assert(CR_FLOW_FILTER_WORDS == 1 << (64 - FLOW_WORD_HASH_SHIFT), "the word index is the hash's top bits");
+_Static_assert(FLOW_BIT_HASH_SHIFT + 2 * FLOW_BIT_HASH_BITS == FLOW_WORD_HASH_SHIFT, "the bits lie below the word index");
 #define FLOW_BIT_SCALE_SHIFT 16 /* (16 hash bits * 48) >> 16: a bit of 48, without a division */
 #define HASH_K4 0x27d4eb2f165667c5ULL
 #define U32_BITS 32
@@ -278,21 +282,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cr_counters);
 } counters SEC(".maps");
-
-/* Per CPU, never read by user space: the last tick in which this CPU made a
- * UDP drop-cache entry that drops. While that is not the current tick no UDP
- * entry can hit, so a datagram asks the flow table first and an established
- * flow never builds its key. */
-struct cpu_state {
-	__u64 udp_tick;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct cpu_state);
-} cpu_state SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -985,14 +974,16 @@ static __always_inline __u64 first_seen_fp(__u64 h)
  * UDP flow filter (struct cr_flow_filter). A datagram of a key in this CPU's
  * drop cache is dropped without a flow-table lookup (a miss there is a random
  * line of a large table: every datagram of a flood from new source ports)
- * when its flow's bit is clear in its key's filter: no flow of the key seen
- * within the timeout has that bit, so the flow is not established. While the
+ * when one of its flow's bits is clear in its key's filter: no flow of the
+ * key seen within the timeout has both, so the flow is not established. While the
  * entry holds, the key has no token, so no flow of it can be created: only
  * flows that already exist, with their bits set, can be established.
  */
 
 /* A UDP datagram's flow (source, destination, source port; the destination
- * port is in its key), hashed: bits 0..2 pick the word, 3..18 the bit. */
+ * port is in its key), hashed by multiplying: a product's high bits depend on
+ * every bit of its factor, so the word and the bits are taken from the top
+ * (61..63 the word, 29..60 the bits) and no finalizer is needed. */
 static __always_inline __u64 flow_hash(const struct packet *p)
 {
 	const __u32 *s = (const __u32 *)p->src.bytes, *d = (const __u32 *)p->dst.bytes;
@@ -1005,13 +996,26 @@ static __always_inline __u64 flow_hash(const struct packet *p)
 		h ^= (((__u64)d[0] << U32_BITS) | d[1]) * HASH_K4;
 		h ^= (__u64)d[2] * HASH_FMIX;
 	}
-	return fmix64(h);
+	return h;
 }
 
-static __always_inline __u64 flow_bit(__u64 fh)
+/* A flow's word pair in its key's filter. */
+static __always_inline __u32 flow_word(__u64 fh)
 {
-	return 1ULL << ((((fh >> FLOW_BIT_HASH_SHIFT) & FLOW_BIT_HASH_MASK) * CR_FLOW_FILTER_TAG_SHIFT) >>
-			FLOW_BIT_SCALE_SHIFT);
+	return (__u32)(fh >> FLOW_WORD_HASH_SHIFT) & (CR_FLOW_FILTER_WORDS - 1);
+}
+
+/* One bit of a word's 48, from 16 bits of the flow hash. */
+static __always_inline __u64 flow_bit_at(__u64 fh, __u32 at)
+{
+	return 1ULL << ((((fh >> at) & FLOW_BIT_HASH_MASK) * CR_FLOW_FILTER_TAG_SHIFT) >> FLOW_BIT_SCALE_SHIFT);
+}
+
+/* A flow's bits in its word: two (they may coincide), so that a word with a
+ * few flows in it rarely has both bits of another flow set. */
+static __always_inline __u64 flow_bits(__u64 fh)
+{
+	return flow_bit_at(fh, FLOW_BIT_HASH_SHIFT) | flow_bit_at(fh, FLOW_BIT_HASH_SHIFT + FLOW_BIT_HASH_BITS);
 }
 
 /* The key's flow filter. */
@@ -1040,13 +1044,13 @@ static __always_inline int flow_epoch_ok(const struct cr_config *cfg)
 	return shift <= FLOW_SHIFT_MAX && (1ULL << shift) >= cfg->udp_timeout_ns;
 }
 
-/* Set the flow's bit in its key's filter, in the word of the epoch of `now`:
+/* Set the flow's bits in its key's filter, in the word of the epoch of `now`:
  * before the flow's last-seen time becomes `now`. Retagging a word for this
  * epoch resets it when it held an earlier epoch of the same shift (two epochs
  * on, each of its flows has expired) and keeps the bits of another shift. */
 static __always_inline void flow_filter_note(struct cr_flow_filter *ff, __u32 shift, __u64 fh, __u64 now)
 {
-	__u64 e, tag, bit, old, new, *wp;
+	__u64 e, tag, bits, old, new, *wp;
 	int i;
 
 	if (!ff)
@@ -1054,16 +1058,16 @@ static __always_inline void flow_filter_note(struct cr_flow_filter *ff, __u32 sh
 	shift &= FLOW_SHIFT_MAX;
 	e = now >> shift;
 	tag = ((__u64)shift << CR_FLOW_EPOCH_BITS) | (e & FLOW_EPOCH_MASK);
-	wp = &ff->w[fh & (CR_FLOW_FILTER_WORDS - 1)][e & 1];
-	bit = flow_bit(fh);
+	wp = &ff->w[flow_word(fh)][e & 1];
+	bits = flow_bits(fh);
 	for (i = 0; i < CR_CAS_RETRIES; i++) {
 		old = READ_ONCE(*wp);
 		if ((old >> CR_FLOW_FILTER_TAG_SHIFT) == tag) {
-			if (!(old & bit))
-				__sync_fetch_and_or(wp, bit);
+			if ((old & bits) != bits)
+				__sync_fetch_and_or(wp, bits);
 			return;
 		}
-		new = (tag << CR_FLOW_FILTER_TAG_SHIFT) | bit;
+		new = (tag << CR_FLOW_FILTER_TAG_SHIFT) | bits;
 		if (old && (old >> (CR_FLOW_FILTER_TAG_SHIFT + CR_FLOW_EPOCH_BITS)) != shift)
 			new |= old & FLOW_PAYLOAD_MASK;
 		if (__sync_val_compare_and_swap(wp, old, new) == old)
@@ -1071,30 +1075,30 @@ static __always_inline void flow_filter_note(struct cr_flow_filter *ff, __u32 sh
 	}
 	/* Every retry lost to another CPU's retag, which can only be to this
 	 * epoch or to another shift (whose words are never read as empty). */
-	__sync_fetch_and_or(wp, bit);
+	__sync_fetch_and_or(wp, bits);
 }
 
-/* May the flow have been seen within the timeout? 0 only when its bit is
- * clear in the words of both epochs that could hold it. `e` (low 32 bits) is
+/* May the flow have been seen within the timeout? 0 only when one of its
+ * bits is clear in each of the words of both epochs that could hold it. `e` (low 32 bits) is
  * the epoch when the drop-cache entry was made, at most one tick ago: the
  * current one is e or e + 1, and a word already in e + 1 is not ruled out. */
 static __always_inline int flow_filter_maybe(const struct cr_flow_filter *ff, __u32 shift, __u32 e, __u64 fh)
 {
-	__u64 w, bit = flow_bit(fh);
+	__u64 w, bits = flow_bits(fh);
 	__u32 i, x, tag;
 
 	if (!ff)
 		return 1;
 	for (i = 0; i < 2; i++) {
 		x = e - i;
-		w = READ_ONCE(ff->w[fh & (CR_FLOW_FILTER_WORDS - 1)][x & 1]);
+		w = READ_ONCE(ff->w[flow_word(fh)][x & 1]);
 		if (!w)
 			continue; /* never written */
 		tag = (__u32)(w >> CR_FLOW_FILTER_TAG_SHIFT);
 		if ((tag >> CR_FLOW_EPOCH_BITS) != (shift & FLOW_SHIFT_MAX))
 			return 1; /* another shift's bits: not known to have expired */
 		if (((tag - x) & FLOW_EPOCH_MASK) == 0) {
-			if (w & bit)
+			if ((w & bits) == bits)
 				return 1;
 		} else if (((tag - x) & FLOW_EPOCH_MASK) < FLOW_EPOCH_HALF) {
 			return 1; /* a later epoch than x */
@@ -1281,7 +1285,6 @@ int connrate_xdp(struct xdp_md *ctx)
 	int inserted = 0, no_bucket;
 	struct cr_first_seen *g = NULL;
 	struct cr_flow_filter *ff = NULL;
-	struct cpu_state *st = NULL;
 	int res, allowed, block, hit, udp_first = 0;
 
 	cnt = bpf_map_lookup_elem(&counters, &zero);
@@ -1338,8 +1341,7 @@ int connrate_xdp(struct xdp_md *ctx)
 	}
 	tick = tick_now(); /* before any clock read below */
 	if (p.proto == CR_PROTO_UDP) {
-		st = bpf_map_lookup_elem(&cpu_state, &zero);
-		udp_first = st && st->udp_tick == tick;
+		udp_first = cnt->udp_tick == tick;
 		if (!udp_first && udp_flow_established(&p, cfg, &fk, &coarse, &seen, NULL)) {
 			COUNT(cnt, CR_CNT_ESTABLISHED);
 			return XDP_PASS;
@@ -1371,7 +1373,7 @@ int connrate_xdp(struct xdp_md *ctx)
 	hit = block && !no_bucket && e->tick == tick &&
 	      e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key);
 	if (p.proto == CR_PROTO_UDP) {
-		/* A hit whose flow's bit is clear in the key's flow filter: not
+		/* A hit whose flow's bits are not all set in the key's flow filter: not
 		 * established, dropped without a flow-table lookup. Else the flow
 		 * table says whether the datagram is established. */
 		ff = flow_filter_of(h);
@@ -1496,8 +1498,8 @@ int connrate_xdp(struct xdp_md *ctx)
 		if (b && block)
 			until = token_due(READ_ONCE(b->tat), clock, limit, tc->period_ns, now);
 		drops = drop_cache_fill(e, &key, cfg, rt_gen, pslot, tick, until, now, coarse);
-		if (st && e->tick == tick)
-			st->udp_tick = tick; /* a UDP entry that drops: ask it first in this tick */
+		if (p.proto == CR_PROTO_UDP && e->tick == tick)
+			cnt->udp_tick = tick; /* a UDP entry that drops: ask it first in this tick */
 		if (b)
 			emit_event(&key, b, cfg, now, drops, cnt);
 	}

@@ -170,16 +170,18 @@ struct cr_flow {
 /* The UDP flows seen lately of the keys with one hash (`flow_filter`, an ARRAY
  * indexed by a hash of the bucket key). Time is cut into epochs of
  * 2^flow_epoch_shift ns (cr_config; at least the UDP timeout), and w[i][e & 1]
- * holds epoch e (a flow's two words side by side, in one cache line). Each word is tagged (bits 48..63) with the shift and the low
- * bits of the epoch its bits belong to; a flow has one bit, chosen by a hash
- * of its 4-tuple. Before a flow's last-seen time is written, its bit is set in
- * the word of that time's epoch (a refresh within one epoch finds it set).
- * So a flow seen within the timeout has its bit set in the current epoch's
- * word or the previous one's, and a bit clear in both means "not established"
- * without a flow-table lookup. Bits are only ever added to a word, except
- * when it is retagged for a later epoch of the same shift (two epochs on:
- * every flow it held has expired). Keys sharing a filter, and flows sharing a
- * bit, only send more datagrams to the flow table. */
+ * holds epoch e (a flow's two words side by side, in one cache line). Each
+ * word is tagged (bits 48..63) with the shift and the low bits of the epoch
+ * its bits belong to; a flow has two bits in its word (they may
+ * coincide), chosen by a hash of its 4-tuple. Before a flow's last-seen time
+ * is written, its bits are set in the word of that time's epoch (a refresh
+ * within one epoch finds them set). So a flow seen within the timeout has
+ * both bits set in the current epoch's word or the previous one's, and a bit
+ * clear in each means "not established" without a flow-table lookup. Bits
+ * are only ever added to a word, except when it is retagged for a later epoch
+ * of the same shift (two epochs on: every flow it held has expired). Keys
+ * sharing a filter, and flows sharing bits, only send more datagrams to the
+ * flow table. */
 struct cr_flow_filter {
 	__u64 w[CR_FLOW_FILTER_WORDS][2];
 };
@@ -283,8 +285,14 @@ struct cr_locals {
 	struct cr_addr v6[CR_LOCALS_V6];
 };
 
-/* The global counters of one CPU, indexed by enum cr_counter. */
+/* The global counters of one CPU, indexed by enum cr_counter, after one word
+ * of the datapath's own that no one else reads: it shares the line of the
+ * counters every packet increments, so the UDP drop path reads no line more. */
 struct cr_counters {
+	__u64 udp_tick; /* the last kernel tick in which this CPU made a UDP
+			 * drop-cache entry that drops: while it is not the current
+			 * tick, no UDP entry can hit, so a datagram asks the flow
+			 * table first and an established flow never builds its key */
 	__u64 n[CR_CNT_COUNT];
 };
 

@@ -62,27 +62,6 @@ export const CrToken = {
 } as const;
 export type CrToken = (typeof CrToken)[keyof typeof CrToken];
 
-/** struct cpu_state (8 bytes) */
-export interface CpuState {
-  /** udp_tick: u64 at 0 */
-  udpTick: bigint;
-}
-export const CpuState: xt.StructCodec<CpuState, 'udpTick'> = xt.structCodec(
-  'cpu_state',
-  8,
-  { udpTick: 0 },
-  {
-    udpTick: (b, o) => h.readU64(b, o),
-  },
-  {},
-  (b, o) => ({
-    udpTick: h.readU64(b, o),
-  }),
-  (v, b, o) => {
-    h.writeU64(b, o, v.udpTick);
-  },
-);
-
 /** struct cr_abi (72 bytes) */
 export interface CrAbi {
   /** proto: enum cr_proto at 0 */
@@ -341,26 +320,31 @@ export const CrConfigSlot: xt.StructCodec<CrConfigSlot, 'slot'> = xt.structCodec
   },
 );
 
-/** struct cr_counters (168 bytes) */
+/** struct cr_counters (176 bytes) */
 export interface CrCounters {
-  /** n: u64[21] at 0 */
+  /** udp_tick: u64 at 0 */
+  udpTick: bigint;
+  /** n: u64[21] at 8 */
   n: bigint[];
 }
-export const CrCounters: xt.StructCodec<CrCounters, 'n'> = xt.structCodec(
+export const CrCounters: xt.StructCodec<CrCounters, 'udpTick' | 'n'> = xt.structCodec(
   'cr_counters',
-  168,
-  { n: 0 },
+  176,
+  { udpTick: 0, n: 8 },
   {
-    n: (b, o) => xt.readArray(21, (i0) => h.readU64(b, o + i0 * 8)),
+    udpTick: (b, o) => h.readU64(b, o),
+    n: (b, o) => xt.readArray(21, (i0) => h.readU64(b, o + 8 + i0 * 8)),
   },
   {
-    n: (b, o, i) => h.readU64(b, o + xt.index(i, 21, 'cr_counters.n') * 8),
+    n: (b, o, i) => h.readU64(b, o + 8 + xt.index(i, 21, 'cr_counters.n') * 8),
   },
   (b, o) => ({
-    n: xt.readArray(21, (i0) => h.readU64(b, o + i0 * 8)),
+    udpTick: h.readU64(b, o),
+    n: xt.readArray(21, (i0) => h.readU64(b, o + 8 + i0 * 8)),
   }),
   (v, b, o) => {
-    xt.writeArray(v.n, 21, 'cr_counters.n', (x0, i0) => h.writeU64(b, o + i0 * 8, x0));
+    h.writeU64(b, o, v.udpTick);
+    xt.writeArray(v.n, 21, 'cr_counters.n', (x0, i0) => h.writeU64(b, o + 8 + i0 * 8, x0));
   },
 );
 
@@ -830,8 +814,6 @@ export const maps = {
   configSlot: xt.mapDef('config_slot', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrConfigSlot),
   /** counters: PERCPU_ARRAY, u32 -> struct cr_counters per CPU */
   counters: xt.perCpuMapDef('counters', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CrCounters),
-  /** cpu_state: PERCPU_ARRAY, u32 -> struct cpu_state per CPU */
-  cpuState: xt.perCpuMapDef('cpu_state', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CpuState),
   /** drop_cache: PERCPU_ARRAY, u32 -> struct cr_drop_cache per CPU */
   dropCache: xt.perCpuMapDef('drop_cache', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CrDropCache),
   /** drop_stats: LRU_PERCPU_HASH, struct cr_bucket_key -> struct cr_drop_stats per CPU */
@@ -897,7 +879,6 @@ export const programs = {
 
 /** The structs and enums above as BTF describes them, one per line; LAYOUT_SHA256 is its SHA-256. */
 export const LAYOUT: string = [
-  "struct cpu_state 8 { udp_tick@0: u64 }",
   "struct cr_abi 72 { proto@0: enum cr_proto; mode@4: enum cr_mode; counter@8: enum cr_counter; tag@12: enum cr_lpm_tag; token@16: enum cr_token; event@24: struct cr_event }",
   "struct cr_abi_id 32 { sha256@0: bytes[32] }",
   "struct cr_addr 16 { bytes@0: bytes[16] }",
@@ -905,7 +886,7 @@ export const LAYOUT: string = [
   "struct cr_bucket_key 20 { src@0: struct cr_addr; dport@16: u16; proto@18: u8; pad@19: u8 }",
   "struct cr_config 16536 { clock@0: struct cr_token_clock[2/40]; udp_timeout_ns@80: u64; generation@88: u64; rate@96: u32[2/4]; burst@104: u32; mode@108: u32; flow_epoch_shift@112: u32; all_ports@116: u32[2/4]; ipv6_mask@124: u32[4/4]; valid@140: u32; exempt_count@144: u32; pad@148: u32; ports@152: u64[2/8192][1024/8] }",
   "struct cr_config_slot 4 { slot@0: u32 }",
-  "struct cr_counters 168 { n@0: u64[21/8] }",
+  "struct cr_counters 176 { udp_tick@0: u64; n@8: u64[21/8] }",
   "struct cr_drop_cache 64 { key@0: struct cr_bucket_key; port_slot@20: u32; config_gen@24: u32; routes_gen@28: u32; flow_epoch@32: u32; flow_ok@36: u32; tick@40: u64; drops@48: u64; last_drop_ns@56: u64 }",
   "struct cr_drop_stats 16 { drops@0: u64; last_drop_ns@8: u64 }",
   "struct cr_event 48 { ts_ns@0: u64; src@8: struct cr_addr; dport@24: u16; proto@26: u8; would_drop@27: u8; rate@28: u32; burst@32: u32; pad@36: u32; drops@40: u64 }",
@@ -924,9 +905,8 @@ export const LAYOUT: string = [
   "enum cr_proto 4 { CR_PROTO_COUNT=2, CR_PROTO_TCP=0, CR_PROTO_UDP=1 }",
   "enum cr_token 4 { CR_TOKEN=1048576, CR_TOKEN_SHIFT=20 }",
 ].join('\n');
-export const LAYOUT_SHA256 = 'a7d998132b4ef4e3f480db2d018eaeba3388fe4067ab12b5becd5bf40ab1484b';
+export const LAYOUT_SHA256 = 'bd567fade20e7e173471814b79f6fca277e81acc093e7f403bbefd4c1ab5b1e7';
 const layoutStructs = [
-  'cpu_state',
   'cr_abi',
   'cr_abi_id',
   'cr_addr',
