@@ -257,7 +257,7 @@ export const ENGINES: readonly Engine[] = [
         details: () => {
           const c = dp.counters();
           return Object.fromEntries(
-            (['new_allowed', 'new_dropped', 'established', 'not_monitored', 'exempt'] as const).map((k) => [k, Number(c[k] ?? 0n)]),
+            (['new_allowed', 'new_dropped', 'cache_drop', 'flow_filter_drop', 'established', 'not_monitored', 'exempt'] as const).map((k) => [k, Number(c[k] ?? 0n)]),
           );
         },
         close: () => dp.close(),
