@@ -74,6 +74,11 @@ const volatile __u8 cr_test_first_seen_collide = 0;
 #define CACHE_LINE 64
 _Static_assert(sizeof(struct cr_first_seen) == CACHE_LINE, "a first-seen group is one cache line");
 _Static_assert(sizeof(struct cr_flow_filter) == 2 * CACHE_LINE, "a flow filter is two cache lines");
+_Static_assert(sizeof(struct cr_config) % CACHE_LINE == 0, "each configuration starts on a line");
+_Static_assert(__builtin_offsetof(struct cr_config, ipv6_mask) <= CACHE_LINE - sizeof(__u64),
+	       "a cached drop of an IPv4 key reads the configuration's first line (and its port word)");
+_Static_assert(sizeof(struct cr_locals) % CACHE_LINE == 0, "each locals copy starts on a line");
+_Static_assert(__builtin_offsetof(struct cr_locals, v6) <= CACHE_LINE, "the IPv4 locals are one line");
 #define FS_HALF (CR_FIRST_SEEN_GROUPS / CR_PROTO_COUNT)
 #define FS_NONE 0xff
 #define FS_CLOCK_MASK (((__u64)1 << CR_FIRST_SEEN_CLOCK_BITS) - 1)
@@ -125,9 +130,12 @@ struct ipv6_frag_hdr {
 	__be32 identification;
 };
 
+/* The two configurations (connrate.h). Mmapable only for its layout, like
+ * the locals: values start on a page, so a value's first fields share a line. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, CR_CONFIG_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct cr_config);
 } config SEC(".maps");
@@ -162,9 +170,12 @@ struct {
 	__type(value, __u8);
 } local_addrs SEC(".maps");
 
+/* The inline local addresses, double-buffered (locals_slot). Mmapable only
+ * for its layout: values start on a page, so the IPv4 ones share one line. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, CR_CONFIG_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct cr_locals);
 } locals SEC(".maps");
@@ -1318,10 +1329,11 @@ int connrate_xdp(struct xdp_md *ctx)
 	if (!cfg)
 		return XDP_PASS;
 	/* The destination first: most of what an appliance sees is forwarded,
-	 * and is_local alone sends it on. A slot never written is all zeros: its
-	 * clocks stand still, so it is told apart (valid) only on the way out. */
+	 * and is_local alone sends it on. A slot never written is all zeros (no
+	 * rate: the limit is off), so it is told apart (valid) only on the way
+	 * out. */
 	tc = &cfg->clock[p.proto & 1];
-	if (!is_local(&p) || !tc->period_ns || !port_listed(cfg, p.proto, p.dport)) {
+	if (!is_local(&p) || !cfg->rate[p.proto & 1] || !port_listed(cfg, p.proto, p.dport)) {
 		if (!cfg->valid)
 			COUNT(cnt, CR_CNT_NO_CONFIG);
 		COUNT(cnt, CR_CNT_NOT_MONITORED);

@@ -252,21 +252,25 @@ struct cr_token_clock {
 };
 
 /* One complete configuration. Two live in `config`; `config_slot` says which is
- * in force, so a packet sees the old configuration or the new, never a mix. */
+ * in force, so a packet sees the old configuration or the new, never a mix.
+ * What a monitored packet reads up to a cached drop comes first, in the
+ * value's first cache line (the map's values start on lines); the token
+ * clocks, read when a bucket is, follow. */
 struct cr_config {
-	struct cr_token_clock clock[CR_PROTO_COUNT];
-	__u64 udp_timeout_ns;
 	__u64 generation;                /* bumped by user space on each apply */
-	__u32 rate[CR_PROTO_COUNT];      /* connections per minute, for events */
+	__u64 udp_timeout_ns;
+	__u32 rate[CR_PROTO_COUNT];      /* connections per minute; 0 = limit off */
+	__u32 all_ports[CR_PROTO_COUNT]; /* 1: every port is monitored */
 	__u32 burst;
 	__u32 mode;                      /* enum cr_mode */
 	__u32 flow_epoch_shift;          /* flow filter epochs of 2^shift ns >= udp_timeout_ns */
-	__u32 all_ports[CR_PROTO_COUNT]; /* 1: every port is monitored */
-	__u32 ipv6_mask[4];              /* source mask for IPv6 buckets, network order */
 	__u32 valid;                     /* 0 until user space writes the slot */
 	__u32 exempt_count;              /* prefixes tagged with this slot; 0 skips the lookup */
 	__u32 pad;
+	__u32 ipv6_mask[4];              /* source mask for IPv6 buckets, network order */
+	struct cr_token_clock clock[CR_PROTO_COUNT];
 	__u64 ports[CR_PROTO_COUNT][CR_PORT_WORDS]; /* bit p set: port p monitored */
+	__u32 pad_end[10];               /* a whole number of cache lines */
 };
 
 struct cr_config_slot {
@@ -281,8 +285,9 @@ struct cr_locals {
 	__u32 v6_count;
 	__u32 use_map;
 	__u32 pad;
-	__u32 v4[CR_LOCALS_V4];              /* IPv4, network order */
+	__u32 v4[CR_LOCALS_V4];              /* IPv4, network order: the first cache line */
 	struct cr_addr v6[CR_LOCALS_V6];
+	__u32 pad_end[4];                    /* a whole number of cache lines */
 };
 
 /* The global counters of one CPU, indexed by enum cr_counter, after one word

@@ -212,90 +212,96 @@ export const CrBucketKey: xt.StructCodec<CrBucketKey, 'src' | 'dport' | 'proto' 
   },
 );
 
-/** struct cr_config (16536 bytes) */
+/** struct cr_config (16576 bytes) */
 export interface CrConfig {
-  /** clock: struct cr_token_clock[2] at 0 */
-  clock: CrTokenClock[];
-  /** udp_timeout_ns: u64 at 80 */
-  udpTimeoutNs: bigint;
-  /** generation: u64 at 88 */
+  /** generation: u64 at 0 */
   generation: bigint;
-  /** rate: u32[2] at 96 */
+  /** udp_timeout_ns: u64 at 8 */
+  udpTimeoutNs: bigint;
+  /** rate: u32[2] at 16 */
   rate: number[];
-  /** burst: u32 at 104 */
-  burst: number;
-  /** mode: u32 at 108 */
-  mode: number;
-  /** flow_epoch_shift: u32 at 112 */
-  flowEpochShift: number;
-  /** all_ports: u32[2] at 116 */
+  /** all_ports: u32[2] at 24 */
   allPorts: number[];
-  /** ipv6_mask: u32[4] at 124 */
-  ipv6Mask: number[];
-  /** valid: u32 at 140 */
+  /** burst: u32 at 32 */
+  burst: number;
+  /** mode: u32 at 36 */
+  mode: number;
+  /** flow_epoch_shift: u32 at 40 */
+  flowEpochShift: number;
+  /** valid: u32 at 44 */
   valid: number;
-  /** exempt_count: u32 at 144 */
+  /** exempt_count: u32 at 48 */
   exemptCount: number;
-  /** pad: u32 at 148 */
+  /** pad: u32 at 52 */
   pad: number;
+  /** ipv6_mask: u32[4] at 56 */
+  ipv6Mask: number[];
+  /** clock: struct cr_token_clock[2] at 72 */
+  clock: CrTokenClock[];
   /** ports: u64[2][1024] at 152 */
   ports: bigint[][];
+  /** pad_end: u32[10] at 16536 */
+  padEnd: number[];
 }
-export const CrConfig: xt.StructCodec<CrConfig, 'clock' | 'udpTimeoutNs' | 'generation' | 'rate' | 'burst' | 'mode' | 'flowEpochShift' | 'allPorts' | 'ipv6Mask' | 'valid' | 'exemptCount' | 'pad' | 'ports'> = xt.structCodec(
+export const CrConfig: xt.StructCodec<CrConfig, 'generation' | 'udpTimeoutNs' | 'rate' | 'allPorts' | 'burst' | 'mode' | 'flowEpochShift' | 'valid' | 'exemptCount' | 'pad' | 'ipv6Mask' | 'clock' | 'ports' | 'padEnd'> = xt.structCodec(
   'cr_config',
-  16536,
-  { clock: 0, udpTimeoutNs: 80, generation: 88, rate: 96, burst: 104, mode: 108, flowEpochShift: 112, allPorts: 116, ipv6Mask: 124, valid: 140, exemptCount: 144, pad: 148, ports: 152 },
+  16576,
+  { generation: 0, udpTimeoutNs: 8, rate: 16, allPorts: 24, burst: 32, mode: 36, flowEpochShift: 40, valid: 44, exemptCount: 48, pad: 52, ipv6Mask: 56, clock: 72, ports: 152, padEnd: 16536 },
   {
-    clock: (b, o) => xt.readArray(2, (i0) => CrTokenClock.decode(b, o + i0 * 40)),
-    udpTimeoutNs: (b, o) => h.readU64(b, o + 80),
-    generation: (b, o) => h.readU64(b, o + 88),
-    rate: (b, o) => xt.readArray(2, (i0) => h.readU32(b, o + 96 + i0 * 4)),
-    burst: (b, o) => h.readU32(b, o + 104),
-    mode: (b, o) => h.readU32(b, o + 108),
-    flowEpochShift: (b, o) => h.readU32(b, o + 112),
-    allPorts: (b, o) => xt.readArray(2, (i0) => h.readU32(b, o + 116 + i0 * 4)),
-    ipv6Mask: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 124 + i0 * 4)),
-    valid: (b, o) => h.readU32(b, o + 140),
-    exemptCount: (b, o) => h.readU32(b, o + 144),
-    pad: (b, o) => h.readU32(b, o + 148),
+    generation: (b, o) => h.readU64(b, o),
+    udpTimeoutNs: (b, o) => h.readU64(b, o + 8),
+    rate: (b, o) => xt.readArray(2, (i0) => h.readU32(b, o + 16 + i0 * 4)),
+    allPorts: (b, o) => xt.readArray(2, (i0) => h.readU32(b, o + 24 + i0 * 4)),
+    burst: (b, o) => h.readU32(b, o + 32),
+    mode: (b, o) => h.readU32(b, o + 36),
+    flowEpochShift: (b, o) => h.readU32(b, o + 40),
+    valid: (b, o) => h.readU32(b, o + 44),
+    exemptCount: (b, o) => h.readU32(b, o + 48),
+    pad: (b, o) => h.readU32(b, o + 52),
+    ipv6Mask: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 56 + i0 * 4)),
+    clock: (b, o) => xt.readArray(2, (i0) => CrTokenClock.decode(b, o + 72 + i0 * 40)),
     ports: (b, o) => xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 152 + i0 * 8192 + i1 * 8))),
+    padEnd: (b, o) => xt.readArray(10, (i0) => h.readU32(b, o + 16536 + i0 * 4)),
   },
   {
-    clock: (b, o, i) => CrTokenClock.decode(b, o + xt.index(i, 2, 'cr_config.clock') * 40),
-    rate: (b, o, i) => h.readU32(b, o + 96 + xt.index(i, 2, 'cr_config.rate') * 4),
-    allPorts: (b, o, i) => h.readU32(b, o + 116 + xt.index(i, 2, 'cr_config.all_ports') * 4),
-    ipv6Mask: (b, o, i) => h.readU32(b, o + 124 + xt.index(i, 4, 'cr_config.ipv6_mask') * 4),
+    rate: (b, o, i) => h.readU32(b, o + 16 + xt.index(i, 2, 'cr_config.rate') * 4),
+    allPorts: (b, o, i) => h.readU32(b, o + 24 + xt.index(i, 2, 'cr_config.all_ports') * 4),
+    ipv6Mask: (b, o, i) => h.readU32(b, o + 56 + xt.index(i, 4, 'cr_config.ipv6_mask') * 4),
+    clock: (b, o, i) => CrTokenClock.decode(b, o + 72 + xt.index(i, 2, 'cr_config.clock') * 40),
     ports: (b, o, i) => xt.readArray(1024, (i0) => h.readU64(b, o + 152 + xt.index(i, 2, 'cr_config.ports') * 8192 + i0 * 8)),
+    padEnd: (b, o, i) => h.readU32(b, o + 16536 + xt.index(i, 10, 'cr_config.pad_end') * 4),
   },
   (b, o) => ({
-    clock: xt.readArray(2, (i0) => CrTokenClock.decode(b, o + i0 * 40)),
-    udpTimeoutNs: h.readU64(b, o + 80),
-    generation: h.readU64(b, o + 88),
-    rate: xt.readArray(2, (i0) => h.readU32(b, o + 96 + i0 * 4)),
-    burst: h.readU32(b, o + 104),
-    mode: h.readU32(b, o + 108),
-    flowEpochShift: h.readU32(b, o + 112),
-    allPorts: xt.readArray(2, (i0) => h.readU32(b, o + 116 + i0 * 4)),
-    ipv6Mask: xt.readArray(4, (i0) => h.readU32(b, o + 124 + i0 * 4)),
-    valid: h.readU32(b, o + 140),
-    exemptCount: h.readU32(b, o + 144),
-    pad: h.readU32(b, o + 148),
+    generation: h.readU64(b, o),
+    udpTimeoutNs: h.readU64(b, o + 8),
+    rate: xt.readArray(2, (i0) => h.readU32(b, o + 16 + i0 * 4)),
+    allPorts: xt.readArray(2, (i0) => h.readU32(b, o + 24 + i0 * 4)),
+    burst: h.readU32(b, o + 32),
+    mode: h.readU32(b, o + 36),
+    flowEpochShift: h.readU32(b, o + 40),
+    valid: h.readU32(b, o + 44),
+    exemptCount: h.readU32(b, o + 48),
+    pad: h.readU32(b, o + 52),
+    ipv6Mask: xt.readArray(4, (i0) => h.readU32(b, o + 56 + i0 * 4)),
+    clock: xt.readArray(2, (i0) => CrTokenClock.decode(b, o + 72 + i0 * 40)),
     ports: xt.readArray(2, (i0) => xt.readArray(1024, (i1) => h.readU64(b, o + 152 + i0 * 8192 + i1 * 8))),
+    padEnd: xt.readArray(10, (i0) => h.readU32(b, o + 16536 + i0 * 4)),
   }),
   (v, b, o) => {
-    xt.writeArray(v.clock, 2, 'cr_config.clock', (x0, i0) => CrTokenClock.encodeInto(x0, b, o + i0 * 40));
-    h.writeU64(b, o + 80, v.udpTimeoutNs);
-    h.writeU64(b, o + 88, v.generation);
-    xt.writeArray(v.rate, 2, 'cr_config.rate', (x0, i0) => h.writeU32(b, o + 96 + i0 * 4, x0));
-    h.writeU32(b, o + 104, v.burst);
-    h.writeU32(b, o + 108, v.mode);
-    h.writeU32(b, o + 112, v.flowEpochShift);
-    xt.writeArray(v.allPorts, 2, 'cr_config.all_ports', (x0, i0) => h.writeU32(b, o + 116 + i0 * 4, x0));
-    xt.writeArray(v.ipv6Mask, 4, 'cr_config.ipv6_mask', (x0, i0) => h.writeU32(b, o + 124 + i0 * 4, x0));
-    h.writeU32(b, o + 140, v.valid);
-    h.writeU32(b, o + 144, v.exemptCount);
-    h.writeU32(b, o + 148, v.pad);
+    h.writeU64(b, o, v.generation);
+    h.writeU64(b, o + 8, v.udpTimeoutNs);
+    xt.writeArray(v.rate, 2, 'cr_config.rate', (x0, i0) => h.writeU32(b, o + 16 + i0 * 4, x0));
+    xt.writeArray(v.allPorts, 2, 'cr_config.all_ports', (x0, i0) => h.writeU32(b, o + 24 + i0 * 4, x0));
+    h.writeU32(b, o + 32, v.burst);
+    h.writeU32(b, o + 36, v.mode);
+    h.writeU32(b, o + 40, v.flowEpochShift);
+    h.writeU32(b, o + 44, v.valid);
+    h.writeU32(b, o + 48, v.exemptCount);
+    h.writeU32(b, o + 52, v.pad);
+    xt.writeArray(v.ipv6Mask, 4, 'cr_config.ipv6_mask', (x0, i0) => h.writeU32(b, o + 56 + i0 * 4, x0));
+    xt.writeArray(v.clock, 2, 'cr_config.clock', (x0, i0) => CrTokenClock.encodeInto(x0, b, o + 72 + i0 * 40));
     xt.writeArray(v.ports, 2, 'cr_config.ports', (x0, i0) => xt.writeArray(x0, 1024, 'cr_config.ports[]', (x1, i1) => h.writeU64(b, o + 152 + i0 * 8192 + i1 * 8, x1)));
+    xt.writeArray(v.padEnd, 10, 'cr_config.pad_end', (x0, i0) => h.writeU32(b, o + 16536 + i0 * 4, x0));
   },
 );
 
@@ -604,7 +610,7 @@ export const CrFlowKey: xt.StructCodec<CrFlowKey, 'src' | 'dst' | 'sport' | 'dpo
   },
 );
 
-/** struct cr_locals (112 bytes) */
+/** struct cr_locals (128 bytes) */
 export interface CrLocals {
   /** v4_count: u32 at 0 */
   v4Count: number;
@@ -618,11 +624,13 @@ export interface CrLocals {
   v4: number[];
   /** v6: struct cr_addr[4] at 48 */
   v6: CrAddr[];
+  /** pad_end: u32[4] at 112 */
+  padEnd: number[];
 }
-export const CrLocals: xt.StructCodec<CrLocals, 'v4Count' | 'v6Count' | 'useMap' | 'pad' | 'v4' | 'v6'> = xt.structCodec(
+export const CrLocals: xt.StructCodec<CrLocals, 'v4Count' | 'v6Count' | 'useMap' | 'pad' | 'v4' | 'v6' | 'padEnd'> = xt.structCodec(
   'cr_locals',
-  112,
-  { v4Count: 0, v6Count: 4, useMap: 8, pad: 12, v4: 16, v6: 48 },
+  128,
+  { v4Count: 0, v6Count: 4, useMap: 8, pad: 12, v4: 16, v6: 48, padEnd: 112 },
   {
     v4Count: (b, o) => h.readU32(b, o),
     v6Count: (b, o) => h.readU32(b, o + 4),
@@ -630,10 +638,12 @@ export const CrLocals: xt.StructCodec<CrLocals, 'v4Count' | 'v6Count' | 'useMap'
     pad: (b, o) => h.readU32(b, o + 12),
     v4: (b, o) => xt.readArray(8, (i0) => h.readU32(b, o + 16 + i0 * 4)),
     v6: (b, o) => xt.readArray(4, (i0) => CrAddr.decode(b, o + 48 + i0 * 16)),
+    padEnd: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 112 + i0 * 4)),
   },
   {
     v4: (b, o, i) => h.readU32(b, o + 16 + xt.index(i, 8, 'cr_locals.v4') * 4),
     v6: (b, o, i) => CrAddr.decode(b, o + 48 + xt.index(i, 4, 'cr_locals.v6') * 16),
+    padEnd: (b, o, i) => h.readU32(b, o + 112 + xt.index(i, 4, 'cr_locals.pad_end') * 4),
   },
   (b, o) => ({
     v4Count: h.readU32(b, o),
@@ -642,6 +652,7 @@ export const CrLocals: xt.StructCodec<CrLocals, 'v4Count' | 'v6Count' | 'useMap'
     pad: h.readU32(b, o + 12),
     v4: xt.readArray(8, (i0) => h.readU32(b, o + 16 + i0 * 4)),
     v6: xt.readArray(4, (i0) => CrAddr.decode(b, o + 48 + i0 * 16)),
+    padEnd: xt.readArray(4, (i0) => h.readU32(b, o + 112 + i0 * 4)),
   }),
   (v, b, o) => {
     h.writeU32(b, o, v.v4Count);
@@ -650,6 +661,7 @@ export const CrLocals: xt.StructCodec<CrLocals, 'v4Count' | 'v6Count' | 'useMap'
     h.writeU32(b, o + 12, v.pad);
     xt.writeArray(v.v4, 8, 'cr_locals.v4', (x0, i0) => h.writeU32(b, o + 16 + i0 * 4, x0));
     xt.writeArray(v.v6, 4, 'cr_locals.v6', (x0, i0) => CrAddr.encodeInto(x0, b, o + 48 + i0 * 16));
+    xt.writeArray(v.padEnd, 4, 'cr_locals.pad_end', (x0, i0) => h.writeU32(b, o + 112 + i0 * 4, x0));
   },
 );
 
@@ -884,7 +896,7 @@ export const LAYOUT: string = [
   "struct cr_addr 16 { bytes@0: bytes[16] }",
   "struct cr_bucket 16 { tat@0: u64; last_event_ns@8: u64 }",
   "struct cr_bucket_key 20 { src@0: struct cr_addr; dport@16: u16; proto@18: u8; pad@19: u8 }",
-  "struct cr_config 16536 { clock@0: struct cr_token_clock[2/40]; udp_timeout_ns@80: u64; generation@88: u64; rate@96: u32[2/4]; burst@104: u32; mode@108: u32; flow_epoch_shift@112: u32; all_ports@116: u32[2/4]; ipv6_mask@124: u32[4/4]; valid@140: u32; exempt_count@144: u32; pad@148: u32; ports@152: u64[2/8192][1024/8] }",
+  "struct cr_config 16576 { generation@0: u64; udp_timeout_ns@8: u64; rate@16: u32[2/4]; all_ports@24: u32[2/4]; burst@32: u32; mode@36: u32; flow_epoch_shift@40: u32; valid@44: u32; exempt_count@48: u32; pad@52: u32; ipv6_mask@56: u32[4/4]; clock@72: struct cr_token_clock[2/40]; ports@152: u64[2/8192][1024/8]; pad_end@16536: u32[10/4] }",
   "struct cr_config_slot 4 { slot@0: u32 }",
   "struct cr_counters 176 { udp_tick@0: u64; n@8: u64[21/8] }",
   "struct cr_drop_cache 64 { key@0: struct cr_bucket_key; port_slot@20: u32; config_gen@24: u32; routes_gen@28: u32; flow_epoch@32: u32; flow_ok@36: u32; tick@40: u64; drops@48: u64; last_drop_ns@56: u64 }",
@@ -894,7 +906,7 @@ export const LAYOUT: string = [
   "struct cr_flow 8 { last_seen_ns@0: u64 }",
   "struct cr_flow_filter 128 { w@0: u64[8/16][2/8] }",
   "struct cr_flow_key 36 { src@0: struct cr_addr; dst@16: struct cr_addr; sport@32: u16; dport@34: u16 }",
-  "struct cr_locals 112 { v4_count@0: u32; v6_count@4: u32; use_map@8: u32; pad@12: u32; v4@16: u32[8/4]; v6@48: struct cr_addr[4/16] }",
+  "struct cr_locals 128 { v4_count@0: u32; v6_count@4: u32; use_map@8: u32; pad@12: u32; v4@16: u32[8/4]; v6@48: struct cr_addr[4/16]; pad_end@112: u32[4/4] }",
   "struct cr_lpm_key 24 { prefixlen@0: u32; tag@4: u8; addr@5: bytes[16]; pad@21: bytes[3] }",
   "struct cr_port_key 4 { port@0: u16; proto@2: u8; pad@3: u8 }",
   "struct cr_port_stats 24 { allowed@0: u64; dropped@8: u64; would_drop@16: u64 }",
@@ -905,7 +917,7 @@ export const LAYOUT: string = [
   "enum cr_proto 4 { CR_PROTO_COUNT=2, CR_PROTO_TCP=0, CR_PROTO_UDP=1 }",
   "enum cr_token 4 { CR_TOKEN=1048576, CR_TOKEN_SHIFT=20 }",
 ].join('\n');
-export const LAYOUT_SHA256 = 'bd567fade20e7e173471814b79f6fca277e81acc093e7f403bbefd4c1ab5b1e7';
+export const LAYOUT_SHA256 = 'a10d3bd50d481aee18e3a973706b392158bc7eb5052ff4de57351f128c88eedf';
 const layoutStructs = [
   'cr_abi',
   'cr_abi_id',
