@@ -108,9 +108,10 @@ export function attach(t: Topology, prog: Program, name: string): void {
 }
 
 /** A counting XDP program on crbd: an engine itself, or what lets frames reach the stack. */
-function counting(t: Topology, object: string, program: string, map: string, indexes?: readonly number[]): Counting {
+function counting(t: Topology, object: string, program: string, map: string, indexes?: readonly number[], globals: Readonly<Record<string, number>> = {}): Counting {
   const obj = BpfObject.open(OBJ(object));
   try {
+    for (const [name, value] of Object.entries(globals)) obj.setGlobal(name, value);
     obj.load();
     const prog = obj.program(program);
     const m = obj.map(map);
@@ -138,8 +139,8 @@ function xdpNoop(t: Topology): Counting {
 }
 
 /** A reference engine: a counting XDP program, nothing else. */
-function reference(t: Topology, object: string, program: string, map: string, indexes?: readonly number[]): EngineRun {
-  const c = counting(t, object, program, map, indexes);
+function reference(t: Topology, object: string, program: string, map: string, indexes?: readonly number[], globals?: Readonly<Record<string, number>>): EngineRun {
+  const c = counting(t, object, program, map, indexes, globals);
   return { seen: c.seen, arrived: c.seen, details: () => ({ off_rx_cpu: Number(c.offRxCpu()) }), close: c.close };
 }
 
@@ -333,6 +334,20 @@ export const REFERENCES: Readonly<Record<ReferenceName, Engine>> = {
 };
 
 /** Every engine and reference by name (bench:profile and the CLI options). */
+/**
+ * xdp-drop-parse made slower by `rounds` steps of arithmetic that touch no
+ * memory (bpf/xdp_ref.bpf.c, xdp_drop_parse_spin): a calibration of how the
+ * live drop measurement answers to a program's own time (bench/calibrate.ts).
+ */
+export function dropParseSpin(rounds: number): Engine {
+  return {
+    name: 'xdp-drop-parse',
+    passes: false,
+    what: `xdp-drop-parse plus ${rounds} dependent multiply-xorshift steps`,
+    setup: (t) => reference(t, 'xdp_ref', 'xdp_drop_parse_spin', 'packets', REF_PARSED_AND_NOT, { spin_rounds: rounds }),
+  };
+}
+
 export const ALL_ENGINES: readonly Engine[] = [...ENGINES, ...Object.values(REFERENCES)];
 
 /** For the record: the rules the packet-filter engines run. */

@@ -8,6 +8,11 @@
  * connrate's drop path is measured against xdp_drop_parse and its pass paths
  * against xdp_pass_parse: the same parsing and one per-CPU counter, so the
  * difference is what the limiter itself costs.
+ *
+ * xdp_drop_parse_spin is xdp_drop_parse plus spin_rounds steps of arithmetic
+ * that touch no memory, each depending on the last and on the parse: a
+ * program a known number of ns slower, which calibrates how a live
+ * measurement answers to a program's own time.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -23,6 +28,11 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define IPV4_MIN_IHL 5
+#define SPIN_ROUNDS_MAX 4096
+#define SPIN_MULT 0x9e3779b97f4a7c15ULL
+#define SPIN_SHIFT 29
+
+const volatile __u32 spin_rounds = 0;
 
 struct ref_vlan_hdr {
 	__be16 tci;
@@ -135,4 +145,21 @@ SEC("xdp")
 int xdp_pass_parse(struct xdp_md *ctx)
 {
 	return judge(ctx, XDP_PASS);
+}
+
+SEC("xdp")
+int xdp_drop_parse_spin(struct xdp_md *ctx)
+{
+	int verdict = judge(ctx, XDP_DROP);
+	__u64 x = verdict;
+	__u32 i;
+
+	for (i = 0; i < SPIN_ROUNDS_MAX; i++) {
+		if (i >= spin_rounds)
+			break;
+		x = (x * SPIN_MULT) ^ (x >> SPIN_SHIFT);
+		asm volatile("" : "+r"(x)); /* one step after another, none folded */
+	}
+	asm volatile("" : : "r"(x)); /* the chain's result is used */
+	return verdict;
 }
