@@ -333,7 +333,6 @@ export const REFERENCES: Readonly<Record<ReferenceName, Engine>> = {
   },
 };
 
-/** Every engine and reference by name (bench:profile and the CLI options). */
 /**
  * xdp-drop-parse made slower by `rounds` steps of arithmetic that touch no
  * memory (bpf/xdp_ref.bpf.c, xdp_drop_parse_spin): a calibration of how the
@@ -348,6 +347,7 @@ export function dropParseSpin(rounds: number): Engine {
   };
 }
 
+/** Every engine and reference by name (bench:profile and the CLI options). */
 export const ALL_ENGINES: readonly Engine[] = [...ENGINES, ...Object.values(REFERENCES)];
 
 /** For the record: the rules the packet-filter engines run. */

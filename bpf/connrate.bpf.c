@@ -986,9 +986,10 @@ static __always_inline __u64 first_seen_fp(__u64 h)
  * drop cache is dropped without a flow-table lookup (a miss there is a random
  * line of a large table: every datagram of a flood from new source ports)
  * when one of its flow's bits is clear in its key's filter: no flow of the
- * key seen within the timeout has both, so the flow is not established. While the
- * entry holds, the key has no token, so no flow of it can be created: only
- * flows that already exist, with their bits set, can be established.
+ * key seen within the timeout has both, so the flow is not established.
+ * While the entry holds, the key has no token, so no flow of it can be
+ * created: only flows that already exist, with their bits set, can be
+ * established.
  */
 
 /* A UDP datagram's flow (source, destination, source port; the destination
@@ -1089,10 +1090,11 @@ static __always_inline void flow_filter_note(struct cr_flow_filter *ff, __u32 sh
 	__sync_fetch_and_or(wp, bits);
 }
 
-/* May the flow have been seen within the timeout? 0 only when one of its
- * bits is clear in each of the words of both epochs that could hold it. `e` (low 32 bits) is
- * the epoch when the drop-cache entry was made, at most one tick ago: the
- * current one is e or e + 1, and a word already in e + 1 is not ruled out. */
+/* May the flow have been seen within the timeout? 0 only when, in the words
+ * of both epochs that could hold it, one of its bits is clear. `e` (low 32
+ * bits) is the epoch when the drop-cache entry was made, at most one tick
+ * ago: the current one is e or e + 1, and a word already in e + 1 is not
+ * ruled out. */
 static __always_inline int flow_filter_maybe(const struct cr_flow_filter *ff, __u32 shift, __u32 e, __u64 fh)
 {
 	__u64 w, bits = flow_bits(fh);
@@ -1385,9 +1387,9 @@ int connrate_xdp(struct xdp_md *ctx)
 	hit = block && !no_bucket && e->tick == tick &&
 	      e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key);
 	if (p.proto == CR_PROTO_UDP) {
-		/* A hit whose flow's bits are not all set in the key's flow filter: not
-		 * established, dropped without a flow-table lookup. Else the flow
-		 * table says whether the datagram is established. */
+		/* A hit whose flow's bits are not both set in the key's flow
+		 * filter: not established, dropped without a flow-table lookup.
+		 * Else the flow table says whether the datagram is established. */
 		ff = flow_filter_of(h);
 		if (!udp_first) {
 			/* not established (asked above) */
