@@ -19,7 +19,7 @@ import { ENGINES, REFERENCES, dropParseSpin, type Engine } from './engines.js';
 import { median, ratioStat, type RatioStat } from './report.js';
 import { SCENARIOS } from './scenarios.js';
 import { measure } from './throughput.js';
-import { Topology } from './topology.js';
+import { Topology, cleanupOnExit } from './topology.js';
 
 const USAGE = `usage: npm run bench:calibrate [-- options]
   --scenario NAME   a drop scenario (repeatable; default all): ${SCENARIOS.filter((s) => s.verdict === 'drop').map((s) => s.name).join(', ')}
@@ -84,24 +84,7 @@ const candidates: { label: string; spin?: number; engine: Engine }[] = [
 ];
 
 let topo: Topology | undefined;
-let cleaning: Promise<void> | undefined;
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    try {
-      await topo?.close();
-    } catch (e) {
-      log(`cleanup: ${(e as Error).message}`);
-    }
-    Topology.cleanupLeftovers();
-  })();
-  return cleaning;
-}
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    log(`${sig}: cleaning up`);
-    void cleanup().then(() => process.exit(130));
-  });
-}
+const cleanup = cleanupOnExit(() => topo, log);
 
 async function calibrate(t: Topology, sc: (typeof SCENARIOS)[number]): Promise<ScenarioCalibration> {
   const rows: Row[] = candidates.map((c) => ({ label: c.label, ...(c.spin !== undefined ? { spin: c.spin } : {}), mpps: [], prog_ns: [] }));

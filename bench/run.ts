@@ -23,7 +23,7 @@ import { pktgenAvailable } from './pktgen.js';
 import { median, ratioStat, spread, svgChart, textReport, toJson, type Machine, type Results, type ScenarioResult, type Spread } from './report.js';
 import { SCENARIOS, type Scenario } from './scenarios.js';
 import { measure, type Measurement } from './throughput.js';
-import { Topology } from './topology.js';
+import { Topology, cleanupOnExit } from './topology.js';
 
 const USAGE = `usage: npm run bench [-- options]
   --quick                 2 short rounds, no no-touch references (a couple of minutes on 2 cores)
@@ -117,25 +117,7 @@ function machine(generator: string): Machine {
 }
 
 let topo: Topology | undefined;
-let cleaning: Promise<void> | undefined;
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    try {
-      await topo?.close();
-    } catch (e) {
-      log(`cleanup: ${(e as Error).message}`);
-    }
-    Topology.cleanupLeftovers();
-    cleanupDaemonLeftovers();
-  })();
-  return cleaning;
-}
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    log(`${sig}: cleaning up`);
-    void cleanup().then(() => process.exit(130));
-  });
-}
+const cleanup = cleanupOnExit(() => topo, log, cleanupDaemonLeftovers);
 
 /** Share of the paced load lost at the veth ring above which the report says so. */
 const PACED_LOSS_NOTE = 0.01;

@@ -290,3 +290,31 @@ function napiThreads(dev: string): number[] {
   }
   return out;
 }
+
+/**
+ * The clean-up of a benchmark process: close the topology `current()` returns,
+ * then remove leftovers by name (and `extra`), once, whether the run ends or
+ * is interrupted (SIGINT, SIGTERM: exit 130 after it).
+ */
+export function cleanupOnExit(current: () => Topology | undefined, log: (msg: string) => void, extra?: () => void): () => Promise<void> {
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> => {
+    cleaning ??= (async () => {
+      try {
+        await current()?.close();
+      } catch (e) {
+        log(`cleanup: ${(e as Error).message}`);
+      }
+      Topology.cleanupLeftovers();
+      extra?.();
+    })();
+    return cleaning;
+  };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      log(`${sig}: cleaning up`);
+      void cleanup().then(() => process.exit(130));
+    });
+  }
+  return cleanup;
+}
