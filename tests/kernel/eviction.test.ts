@@ -8,8 +8,8 @@
  * compete: when about `capacity` of them arrive between two attempts of a
  * limited source, its key is evicted and it starts over with a fresh bucket.
  */
-import { spawnSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { pinToOneCpu } from '../helpers/affinity.js';
 import { type Bench, CLIENT4, openBench, syn } from './harness.js';
 
 const CAPACITY = 2048;
@@ -17,24 +17,12 @@ const ATTEMPTS = 6;
 let bench: Bench;
 afterEach(() => bench?.close());
 
-/**
- * The BPF LRU keeps free nodes in per-CPU lists: a run whose thread moves
- * between CPUs strands some in the list of the CPU it left, and evicts
- * earlier than the figures below. Packets of one NIC queue are handled on one
- * CPU, so the test thread (BPF_PROG_TEST_RUN runs on the caller's CPU) is
- * pinned to one for this file, and given back its CPUs after.
- */
-function affinity(list?: string): string {
-  const r = spawnSync('taskset', list ? ['-pc', list, String(process.pid)] : ['-pc', String(process.pid)], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`taskset: ${r.stderr.trim() || `exit ${r.status}`}`);
-  return r.stdout.trim().split(': ').pop() ?? '';
-}
-let cpus = '';
+// The LRU's order depends on the thread's CPU (tests/helpers/affinity.ts): pinned for this file.
+let unpin: (() => void) | undefined;
 beforeAll(() => {
-  cpus = affinity();
-  affinity(cpus.split(/[,-]/)[0]);
+  unpin = pinToOneCpu();
 });
-afterAll(() => void (cpus && affinity(cpus)));
+afterAll(() => unpin?.());
 
 /**
  * A limited source makes ATTEMPTS SYNs; before each, `between` spoofed sources

@@ -8,10 +8,11 @@
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { BpfMap, numPossibleCpus } from '@xdp-ts/loader';
 import { readStats, readTop } from '../../src/control/queries.js';
 import { ConnrateMetrics } from '../../src/control/metrics.js';
+import { pinToOneCpu } from '../helpers/affinity.js';
 import { frame } from '../helpers/frame.js';
 import { BASE_CONFIG, type Bench, CLIENT4, CLIENT4B, openBench, syn, udp } from './harness.js';
 
@@ -65,6 +66,8 @@ describe('the drop cache', () => {
 
   it('is void once its key is evicted: the key starts over as any evicted key does', () => {
     const CAPACITY = 2048;
+    const unpin = pinToOneCpu(); // the LRU's order depends on the thread's CPU (tests/helpers/affinity.ts)
+    onTestFinished(unpin);
     const evictAndTry = (evict: boolean): string => {
       bench = openBench({}, { buckets: CAPACITY });
       limit(CLIENT4);
