@@ -9,8 +9,11 @@
  * current value from the frame and adjusts the checksums incrementally.
  *
  * bench_pace is bench_gen at a fixed rate below saturation: bursts of
- * pace_burst frames every pace_period_ns; every other repeat drops its frame
- * in the generator (so the run spins on the generator's CPU between bursts).
+ * pace_burst frames every pace_period_ns. Between bursts the program waits
+ * (bpf_loop on the clock) instead of dropping frames: a frame the generator
+ * drops goes back to its page pool under the lock the receive CPU takes to
+ * return every frame it handled, and thousands of them a burst would make the
+ * receive CPU wait for it.
  *
  * bench_sink drops whatever the engine's side sends back (TCP RSTs, ICMP), so
  * replies cost the appliance its transmit, and not a second stack.
@@ -169,6 +172,16 @@ struct {
 	__type(value, struct pace_state);
 } pace SEC(".maps");
 
+/* bpf_loop's bound (BPF_MAX_LOOPS): tens of ms of clock reads, more than any
+ * period between bursts; a longer wait only sends the burst early. */
+#define PACE_WAIT_LOOPS (1 << 23)
+
+/* bpf_loop callback: stop once the clock reaches *due. */
+static long pace_wait(__u64 i, void *due)
+{
+	return bpf_ktime_get_ns() >= *(__u64 *)due;
+}
+
 SEC("xdp")
 int bench_pace(struct xdp_md *ctx)
 {
@@ -178,10 +191,11 @@ int bench_pace(struct xdp_md *ctx)
 	if (!st)
 		return XDP_ABORTED;
 	if (st->left == 0) {
-		__u64 now = bpf_ktime_get_ns();
+		__u64 due = st->next_ns, now = bpf_ktime_get_ns();
 
-		if (now < st->next_ns)
-			return XDP_DROP;
+		if (now < due)
+			bpf_loop(PACE_WAIT_LOOPS, pace_wait, &due, 0);
+		now = bpf_ktime_get_ns();
 		if (now - st->next_ns > PACE_MAX_LAG_PERIODS * pace_period_ns)
 			st->next_ns = now;
 		st->next_ns += pace_period_ns;
