@@ -88,6 +88,7 @@ export interface Native {
   progInfo(h: FdHandle): NativeProgInfo;
   progTestRun(h: FdHandle, args: NativeTestRunArgs): NativeTestRunResult;
   linkCreateXdp(prog: FdHandle, ifindex: number, flags: number): FdHandle;
+  linkCreateTracing(prog: FdHandle): FdHandle;
   linkUpdate(link: FdHandle, prog: FdHandle): void;
   linkDetach(link: FdHandle): void;
   linkInfo(link: FdHandle): NativeLinkInfo;

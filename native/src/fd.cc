@@ -309,6 +309,17 @@ static Napi::Value LinkCreateXdp(const Napi::CallbackInfo& info) {
   return NewFd(env, fd);
 }
 
+// linkCreateTracing(prog) -> link fd: a tracing program (tp_btf, fentry, fexit)
+// on the tracepoint or kernel function it was loaded for (its attach_btf_id)
+static Napi::Value LinkCreateTracing(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "bpf_raw_tracepoint_open";
+  int prog = LiveFd(env, Unwrap<FdRes>(info[0], "fd"), op);
+  int fd = bpf_raw_tracepoint_open(nullptr, prog);
+  if (fd < 0) ThrowErrno(env, op, fd);
+  return NewFd(env, fd);
+}
+
 static Napi::Value LinkUpdate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "bpf_link_update";
@@ -359,6 +370,7 @@ void InitFd(Napi::Env env, Napi::Object exports) {
   exports.Set("progInfo", Napi::Function::New(env, ProgInfo));
   exports.Set("progTestRun", Napi::Function::New(env, ProgTestRun));
   exports.Set("linkCreateXdp", Napi::Function::New(env, LinkCreateXdp));
+  exports.Set("linkCreateTracing", Napi::Function::New(env, LinkCreateTracing));
   exports.Set("linkUpdate", Napi::Function::New(env, LinkUpdate));
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));
   exports.Set("linkInfo", Napi::Function::New(env, LinkInfo));

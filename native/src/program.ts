@@ -150,6 +150,16 @@ export class Program {
     return new Link(kInternal, h);
   }
 
+  /**
+   * Attach a tracing program (SEC("tp_btf/…"), SEC("fentry/…"), SEC("fexit/…"))
+   * to the tracepoint or kernel function it was loaded for. It stays attached
+   * while the Link (or a pin of it) exists.
+   */
+  attachTracing(): Link {
+    const h = call(`Program.attachTracing(${this.name})`, 'other', () => native.linkCreateTracing(this.#live('attachTracing')));
+    return new Link(kInternal, h);
+  }
+
   pin(path: string): void {
     const op = `Program.pin(${this.name})`;
     checkPath(op, path);
@@ -185,7 +195,7 @@ export class Link {
 
   /** @internal */
   constructor(token: InternalToken, handle: FdHandle, pinPath?: string) {
-    if (token !== kInternal) throw new TypeError('Link: use Program.attachXdp(), Link.fromPinned() or Link.fromId()');
+    if (token !== kInternal) throw new TypeError('Link: use Program.attachXdp(), Program.attachTracing(), Link.fromPinned() or Link.fromId()');
     this[kHandle] = handle;
     this.#pinPath = pinPath;
   }

@@ -14,6 +14,8 @@ export interface Fixtures {
   test: string;
   /** xtl_bad.bpf.o: rejected by the verifier. */
   bad: string;
+  /** xtl_trace.bpf.o: a BTF tracepoint program that counts one process's test runs. */
+  trace: string;
   /** /sys/fs/bpf/xtl-test-<pid>-<tag>/ */
   pinDir: string;
   cleanup(): void;
@@ -36,6 +38,7 @@ export function compileFixtures(tag: string): Fixtures {
     dir,
     test: compile('xtl_test'),
     bad: compile('xtl_bad'),
+    trace: compile('xtl_trace'),
     pinDir,
     cleanup() {
       rmSync(pinDir, { recursive: true, force: true });

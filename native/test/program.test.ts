@@ -142,3 +142,40 @@ describe('Program handles', () => {
     expect(prog.fd).toBe(-1);
   });
 });
+
+describe('Program.attachTracing', () => {
+  it('runs a BTF tracepoint program until the link is closed', () => {
+    const obj = BpfObject.open(fx.trace);
+    obj.setGlobal('xtl_tgid', process.pid);
+    obj.load();
+    const runs = obj.map('xtl_runs');
+    const prog = obj.program('xtl_trace');
+    const xdp = pass.program('xtl_prog');
+    const n = (): bigint => runs.lookup(u32(0))!.readBigUInt64LE(0);
+    try {
+      const link = prog.attachTracing();
+      xdp.testRun({ data: packet() });
+      xdp.testRun({ data: packet(), repeat: 100 });
+      expect(n()).toBe(2n);
+      expect(link.info().progId).toBe(prog.info().id);
+      link.close();
+      xdp.testRun({ data: packet() });
+      expect(n()).toBe(2n);
+    } finally {
+      xdp.close();
+      prog.close();
+      runs.close();
+      obj.close();
+    }
+  });
+
+  it('names the operation when the program is not a tracing one', () => {
+    const prog = pass.program('xtl_drop');
+    try {
+      expect(() => prog.attachTracing()).toThrow(/Program\.attachTracing\(xtl_drop\)/);
+    } finally {
+      prog.close();
+    }
+  });
+});
+
