@@ -1,5 +1,5 @@
 /**
- * npm run bench:calibrate [-- --scenario NAME]… [--spin R,R,…] [--rounds N] [--seconds S] [--out FILE.json]
+ * npm run bench:calibrate [-- --scenario NAME]… [--spin R,R,…] [--rounds N] [--seconds S] [--window N] [--out FILE.json]
  *
  * How does the live drop measurement answer to a program's own time? Each
  * drop scenario's flood, as in the bench, on connrate and on xdp-drop-parse
@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import { ENGINES, REFERENCES, dropParseSpin, type Engine } from './engines.js';
 import { median, ratioStat, type RatioStat } from './report.js';
 import { SCENARIOS } from './scenarios.js';
-import { measure } from './throughput.js';
+import { DEFAULT_WINDOW, measure, parseWindow } from './throughput.js';
 import { Topology, cleanupOnExit } from './topology.js';
 
 const USAGE = `usage: npm run bench:calibrate [-- options]
@@ -26,6 +26,7 @@ const USAGE = `usage: npm run bench:calibrate [-- options]
   --spin R,R,…      rounds of arithmetic added to xdp-drop-parse (default 10,20,30,60)
   --rounds N        interleaved rounds (default 5)
   --seconds S       seconds per saturation measurement (default 1.5, as the bench)
+  --window N        the flood's window, as the bench's (default ${DEFAULT_WINDOW}; 0: none)
   --out FILE.json   write the results`;
 
 const { values: args } = parseArgs({
@@ -34,6 +35,7 @@ const { values: args } = parseArgs({
     spin: { type: 'string', default: '10,20,30,60' },
     rounds: { type: 'string', default: '5' },
     seconds: { type: 'string', default: '1.5' },
+    window: { type: 'string', default: String(DEFAULT_WINDOW) },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -56,6 +58,13 @@ const rounds = Number(args.rounds);
 if (!Number.isInteger(rounds) || rounds < 1) fail(`--rounds: a whole number of at least 1, not "${args.rounds}"`);
 const seconds = Number(args.seconds);
 if (!(seconds > 0)) fail(`--seconds: a positive number, not "${args.seconds}"`);
+const window = ((): number => {
+  try {
+    return parseWindow(args.window);
+  } catch (e) {
+    return fail((e as Error).message);
+  }
+})();
 const drops = SCENARIOS.filter((s) => s.verdict === 'drop');
 const scenarios = args.scenario?.length
   ? args.scenario.map((n) => drops.find((s) => s.name === n) ?? fail(`--scenario: no drop scenario "${n}"`))
@@ -91,7 +100,7 @@ async function calibrate(t: Topology, sc: (typeof SCENARIOS)[number]): Promise<S
   for (let i = 0; i < rounds; i++) {
     for (let j = 0; j < candidates.length; j++) {
       const k = (i + j) % candidates.length; // one further along each round, as the bench
-      const m = await measure(t, sc, candidates[k]!.engine, { seconds, floodStatsSeconds: STATS_SECONDS });
+      const m = await measure(t, sc, candidates[k]!.engine, { seconds, window, floodStatsSeconds: STATS_SECONDS });
       rows[k]!.mpps.push(m.saturation.mpps);
       rows[k]!.prog_ns.push(m.saturation.progNsPerPacket ?? NaN);
       log(`${sc.name} round ${i + 1}/${rounds} ${candidates[k]!.label.padEnd(22)} ${m.saturation.mpps.toFixed(3)} Mpps/rx-CPU; program ${(m.saturation.progNsPerPacket ?? NaN).toFixed(1)} ns/pkt in place`);
@@ -137,7 +146,7 @@ async function main(): Promise<void> {
   if (args.out) {
     const out = resolvePath(args.out);
     mkdirSync(dirname(out), { recursive: true });
-    const machine = { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, kernel: release(), date: new Date().toISOString(), load_average_at_start: load, rounds, seconds_per_measurement: seconds };
+    const machine = { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, kernel: release(), date: new Date().toISOString(), load_average_at_start: load, rounds, seconds_per_measurement: seconds, window };
     writeFileSync(out, `${JSON.stringify({ machine, scenarios: results }, null, 2)}\n`);
     log(`wrote ${out}`);
   }

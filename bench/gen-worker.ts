@@ -10,6 +10,8 @@
  *   {"cmd":"detach"}
  *   {"cmd":"send","frame":hex,"rewrite":n,"count":n}   exactly `count` frames
  *   {"cmd":"run","frame":hex,"rewrite":n,"seconds":s}  as many frames as fit in `seconds`
+ *     [,"window":n,"peer":name]                        at most n frames ahead of what the peer's NAPI
+ *                                                      took (bench_drained): the ring never overflows
  *   {"cmd":"pace","frame":hex,"rewrite":n,"pps":n,"seconds":s}
  *                                                      `pps` frames a second for `seconds`: bursts of
  *                                                      PACE_BURST frames (bench_pace)
@@ -19,6 +21,7 @@
  * call's set-up and teardown and without time the generator was preempted:
  * rates are taken over busyNs.
  */
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { BpfObject, TEST_RUN_XDP_LIVE_FRAMES, ifIndex, type Link, type Program } from '@xdp-ts/loader';
@@ -30,7 +33,7 @@ type Request =
   | { cmd: 'attach'; dev: string }
   | { cmd: 'detach' }
   | { cmd: 'send'; frame: string; rewrite: number; count: number; dev: string }
-  | { cmd: 'run'; frame: string; rewrite: number; seconds: number; dev: string }
+  | { cmd: 'run'; frame: string; rewrite: number; seconds: number; dev: string; window?: number; peer?: string }
   | { cmd: 'pace'; frame: string; rewrite: number; pps: number; seconds: number; dev: string };
 
 /** Frames of a paced burst, sent back to back. */
@@ -58,7 +61,17 @@ function attach(dev: string): void {
   sink = { obj, prog, link };
 }
 
-function generator(dev: string, rewrite: number, pace?: { periodNs: number; burst: number }): { obj: BpfObject; prog: Program } {
+/** The veth ring's size (VETH_RING_SIZE): a window must leave room for the frames the ring frees in batches. */
+const VETH_RING = 256;
+
+interface Window {
+  frames: number;
+  /** The veth's peer, in another netns: its name. */
+  peer: string;
+}
+
+function generator(dev: string, rewrite: number, opts: { pace?: { periodNs: number; burst: number }; window?: Window } = {}): { obj: BpfObject; prog: Program; close(): void } {
+  const { pace, window } = opts;
   const obj = BpfObject.open(OBJECT);
   obj.setGlobal('out_ifindex', ifIndex(dev));
   obj.setGlobal('rewrite', rewrite);
@@ -66,8 +79,33 @@ function generator(dev: string, rewrite: number, pace?: { periodNs: number; burs
     obj.setGlobal('pace_period_ns', BigInt(Math.round(pace.periodNs)));
     obj.setGlobal('pace_burst', pace.burst);
   }
+  if (window) {
+    // the peer's ifindex, as its netns numbers it, is this veth's iflink
+    const peerIndex = Number(readFileSync(`/sys/class/net/${dev}/iflink`, 'utf8').trim());
+    const name = Buffer.alloc(8);
+    name.write(window.peer, 'latin1');
+    obj.setGlobal('gen_window', window.frames);
+    obj.setGlobal('gen_batch', BATCH);
+    obj.setGlobal('drain_ifindex', peerIndex);
+    obj.setGlobal('drain_name', name.readBigUInt64LE(0));
+  }
   obj.load();
-  return { obj, prog: obj.program(pace ? 'bench_pace' : 'bench_gen') };
+  const prog = obj.program(pace ? 'bench_pace' : 'bench_gen');
+  let drained: { prog: Program; link: Link } | undefined;
+  if (window) {
+    const p = obj.program('bench_drained');
+    drained = { prog: p, link: p.attachTracing() };
+  }
+  return {
+    obj,
+    prog,
+    close() {
+      drained?.link.close();
+      drained?.prog.close();
+      prog.close();
+      obj.close();
+    },
+  };
 }
 
 /** Run `repeat` times; returns the kernel's busy time, ns. */
@@ -90,7 +128,8 @@ function chunked(prog: Program, data: Buffer, seconds: number): { repeats: numbe
     elapsed = process.hrtime.bigint() - t0;
     const left = Number(budget - elapsed);
     const perRepeat = busy / chunk;
-    chunk = Math.max(BATCH, Math.min(1 << 26, Math.round(Math.min(CHUNK_NS, left) / Math.max(perRepeat, 1))));
+    // whole batches: bench_gen's window counts frames in BATCH-frame batches from its first
+    chunk = BATCH * Math.max(1, Math.min(1 << 20, Math.round(Math.min(CHUNK_NS, left) / Math.max(perRepeat, 1) / BATCH)));
   }
   return { repeats, elapsedNs: Number(elapsed), busyNs };
 }
@@ -105,7 +144,15 @@ function handle(req: Request): Record<string, unknown> {
       return {};
     case 'send':
     case 'run': {
-      const g = generator(req.dev, req.rewrite);
+      let window: Window | undefined;
+      if (req.cmd === 'run' && req.window !== undefined) {
+        if (!(Number.isInteger(req.window) && req.window >= 2 * BATCH && req.window <= VETH_RING - BATCH)) {
+          throw new Error(`run: window must be a whole number of frames from ${2 * BATCH} to ${VETH_RING - BATCH}, got ${req.window}`);
+        }
+        if (!req.peer || Buffer.byteLength(req.peer) >= 8) throw new Error(`run: a window needs the peer's name, shorter than 8 bytes, got ${JSON.stringify(req.peer)}`);
+        window = { frames: req.window, peer: req.peer };
+      }
+      const g = generator(req.dev, req.rewrite, { ...(window ? { window } : {}) });
       try {
         const data = Buffer.from(req.frame, 'hex');
         if (req.cmd === 'send') {
@@ -116,14 +163,13 @@ function handle(req: Request): Record<string, unknown> {
         const r = chunked(g.prog, data, req.seconds);
         return { frames: r.repeats, elapsedNs: r.elapsedNs, busyNs: r.busyNs };
       } finally {
-        g.prog.close();
-        g.obj.close();
+        g.close();
       }
     }
     case 'pace': {
       if (!(req.pps > 0 && req.seconds > 0)) throw new Error(`pace: pps and seconds must be positive, got ${req.pps} and ${req.seconds}`);
       const burst = Math.max(1, Math.min(PACE_BURST, Math.floor(req.pps / 1000)));
-      const g = generator(req.dev, req.rewrite, { periodNs: (burst * 1e9) / req.pps, burst });
+      const g = generator(req.dev, req.rewrite, { pace: { periodNs: (burst * 1e9) / req.pps, burst } });
       const state = g.obj.map('pace');
       try {
         const r = chunked(g.prog, Buffer.from(req.frame, 'hex'), req.seconds);
@@ -131,8 +177,7 @@ function handle(req: Request): Record<string, unknown> {
         return { frames, elapsedNs: r.elapsedNs, busyNs: r.busyNs };
       } finally {
         state.close();
-        g.prog.close();
-        g.obj.close();
+        g.close();
       }
     }
     default:

@@ -275,8 +275,8 @@ export function datapathTables(r: Results, style: Style): string {
       'Drop scenarios — the XDP program alone, ns per packet under the flood (run_time_ns / run_cnt over a second, ' +
         'shorter flood with kernel.bpf_stats_enabled, whose two clock reads a packet it includes; median of the rounds), ' +
         'next to the receive CPU\'s ns per packet at saturation (1000 / Mpps above) and the rest (receive CPU − program: ' +
-        'the veth ring, and returning each frame\'s page to the generator\'s page pool, whose lock the generator takes too ' +
-        'for every frame the full ring refuses):',
+        'the veth ring, and returning each frame\'s page to the generator\'s page pool; the flood\'s window keeps the ring ' +
+        'from refusing frames, which the generator would return under the same lock):',
       '',
       floodProg,
       '',

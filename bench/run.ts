@@ -1,6 +1,6 @@
 /**
  * npm run bench [-- --quick] [--out FILE.json] [--scenario NAME]… [--engine NAME]… [--generator auto|xdp|pktgen]
- *               [--seconds S] [--rounds N] [--pace-kpps K] [--skip-cost] [--skip-control-plane]
+ *               [--seconds S] [--rounds N] [--pace-kpps K] [--window N] [--skip-cost] [--skip-control-plane]
  *
  * Every engine on the same generated traffic, in one run (bench/topology.ts),
  * rounds interleaving the engines: Mpps at saturation for every scenario,
@@ -22,7 +22,7 @@ import { ALL_ENGINES, ENGINES, REFERENCE_FOR, REFERENCES, engineRules, type Engi
 import { pktgenAvailable } from './pktgen.js';
 import { median, ratioStat, spread, svgChart, textReport, toJson, type Machine, type Results, type ScenarioResult, type Spread } from './report.js';
 import { SCENARIOS, type Scenario } from './scenarios.js';
-import { measure, type Measurement } from './throughput.js';
+import { DEFAULT_WINDOW, measure, parseWindow, type Measurement } from './throughput.js';
 import { Topology, cleanupOnExit } from './topology.js';
 
 const USAGE = `usage: npm run bench [-- options]
@@ -34,6 +34,8 @@ const USAGE = `usage: npm run bench [-- options]
   --seconds S             seconds per saturation measurement (default 1 quick, 2 full)
   --rounds N              interleaved rounds, median kept (default 2 quick, 5 full)
   --pace-kpps K           the fixed load of the pass scenarios' ns/packet, thousand frames a second (default 50)
+  --window N              frames the flood's generator may be ahead of the engine's NAPI, so the veth ring
+                          never overflows (default ${DEFAULT_WINDOW}; 0: as fast as it can, refused frames and all)
   --skip-cost             no BPF_PROG_TEST_RUN ns/packet
   --skip-control-plane    datapath only`;
 
@@ -47,6 +49,7 @@ const { values: args } = parseArgs({
     seconds: { type: 'string' },
     rounds: { type: 'string' },
     'pace-kpps': { type: 'string', default: '50' },
+    window: { type: 'string', default: String(DEFAULT_WINDOW) },
     'skip-cost': { type: 'boolean', default: false },
     'skip-control-plane': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
@@ -72,6 +75,13 @@ const pace = { pps: pacePps, seconds: quick ? 0.4 : 0.75, statsSeconds: quick ? 
 if (!(seconds > 0 && seconds <= 60)) fail('--seconds must be in (0, 60]');
 if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 20)) fail('--rounds must be an integer 1..20');
 if (!(pacePps >= 1000 && pacePps <= 1e6)) fail('--pace-kpps must be in [1, 1000]');
+const window = ((): number => {
+  try {
+    return parseWindow(args.window!);
+  } catch (e) {
+    return fail((e as Error).message);
+  }
+})();
 if (!['auto', 'xdp', 'pktgen'].includes(args.generator!)) fail('--generator must be auto, xdp or pktgen');
 const scenarios = args.scenario?.length ? SCENARIOS.filter((s) => args.scenario!.includes(s.name)) : SCENARIOS;
 for (const n of args.scenario ?? []) if (!SCENARIOS.some((s) => s.name === n)) fail(`unknown scenario ${n}`);
@@ -110,6 +120,7 @@ function machine(generator: string): Machine {
     quick,
     seconds_per_measurement: seconds,
     rounds,
+    flood: window ? `at most ${window} frames ahead of the engine's NAPI (the veth ring never overflows)` : 'as fast as the generator can, frames refused at the veth ring returned by the generator',
     paced_load: `${pace.pps} frames/s, ${pace.seconds} s of CPU time then ${pace.statsSeconds} s with kernel.bpf_stats_enabled, after the saturation run on the same appliance`,
     // others' load skews every figure on a shared machine: the 1-minute load average when the run started
     load_average_at_start: Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]),
@@ -141,7 +152,7 @@ async function runScenario(t: Topology, sc: Scenario, usePktgen: boolean): Promi
   for (let i = 0; i < rounds; i++) {
     for (let j = 0; j < engines.length; j++) {
       const engine = engines[(i + j) % engines.length]!;
-      const m = await measure(t, sc, engine, { seconds, usePktgen, ...(sc.verdict === 'pass' ? { pace } : { floodStatsSeconds: pace.statsSeconds }) });
+      const m = await measure(t, sc, engine, { seconds, usePktgen, window, ...(sc.verdict === 'pass' ? { pace } : { floodStatsSeconds: pace.statsSeconds }) });
       runs.get(engine.name)!.push(m);
       generators.add(m.saturation.generator);
       if (m.saturation.note) notes.push(`${engine.name}: ${m.saturation.note}`);

@@ -1,9 +1,11 @@
 /**
  * One engine on one scenario, on a fresh appliance namespace:
  *
- * 1. saturation: the generator floods for `seconds`; Mpps is what the
- *    engine's own counters saw, divided by the CPU time crbd's NAPI thread
- *    ran (and, as `wallMpps`, by the generator's running time);
+ * 1. saturation: the generator floods for `seconds`, at most `window` frames
+ *    ahead of what crbd's NAPI took, so the ring never overflows and the
+ *    engine always has frames; Mpps is what the engine's own counters saw,
+ *    divided by the CPU time crbd's NAPI thread ran (and, as `wallMpps`, by
+ *    the generator's running time);
  * 2. (pass scenarios) a fixed load below saturation, `pace.pps` frames a
  *    second: the receive CPU's ns per packet, from the CPU time of crbd's NAPI
  *    thread (its schedstat) over the packets its XDP program ran on;
@@ -27,6 +29,24 @@ import { pktgenCan, pktgenRun } from './pktgen.js';
 import { REWRITE, type Scenario } from './scenarios.js';
 import { NET, type Topology } from './topology.js';
 
+/**
+ * The flood's default window (MeasureOptions.window): the generator starts a
+ * 64-frame batch only while at most 96 frames are in flight, so the veth's
+ * 256-frame ring never holds more than 160, with room for the slots it frees
+ * in batches.
+ */
+export const DEFAULT_WINDOW = 160;
+/** What bench/gen-worker.ts accepts: two batches, up to the ring less a batch. */
+export const WINDOW_MIN = 128;
+export const WINDOW_MAX = 192;
+
+/** A --window option: 0 (none) or WINDOW_MIN..WINDOW_MAX frames; throws naming the problem. */
+export function parseWindow(text: string): number {
+  const n = Number(text);
+  if (n === 0 || (Number.isInteger(n) && n >= WINDOW_MIN && n <= WINDOW_MAX)) return n;
+  throw new Error(`--window must be 0 or a whole number of frames from ${WINDOW_MIN} to ${WINDOW_MAX}, not "${text}"`);
+}
+
 export interface Throughput {
   /**
    * Millions of packets the engine handled per second of receive CPU: its
@@ -39,6 +59,8 @@ export interface Throughput {
   wallMpps: number;
   /** What the generator offered (frames it transmitted into the veth) over its busy time, Mpps. */
   offeredMpps: number;
+  /** Frames the generator transmitted into the veth. */
+  frames: number;
   seen: number;
   /** The generator's busy time (see bench/gen-worker.ts), s. */
   seconds: number;
@@ -86,6 +108,12 @@ export interface MeasureOptions {
   pace?: { pps: number; seconds: number; statsSeconds: number };
   /** Seconds of a second flood with kernel.bpf_stats_enabled, for the program's own time (drop scenarios). */
   floodStatsSeconds?: number;
+  /**
+   * Flood with at most this many frames between what the generator sent and
+   * what the engine's NAPI took (bench/gen-worker.ts): no frame is refused at
+   * the veth ring. 0 or absent: the generator sends as fast as it can.
+   */
+  window?: number;
 }
 
 /** Answers the first datagram on the UDP port, then closes: the flow is now a reply-seen one. */
@@ -177,7 +205,8 @@ export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: M
         note = `pktgen failed (${(e as Error).message}); used the XDP generator`;
       }
     }
-    r ??= await t.gen.request({ cmd: 'run', ...base, seconds: opts.seconds });
+    const flood = { cmd: 'run', ...base, ...(opts.window ? { window: opts.window, peer: NET.dutIf } : {}) };
+    r ??= await t.gen.request({ ...flood, seconds: opts.seconds });
     await sleep(DRAIN_MS);
     const seen = Number(run.seen() - s0);
     const d1 = run.details?.();
@@ -185,13 +214,14 @@ export async function measure(t: Topology, sc: Scenario, engine: Engine, opts: M
     const secs = (r.busyNs ?? r.elapsedNs!) / 1e9;
     const details = d0 && d1 ? Object.fromEntries(Object.entries(d1).map(([k, v]) => [k, v - (d0[k] ?? 0)])) : undefined;
     const prog = opts.floodStatsSeconds
-      ? await programTime(t, () => t.gen.request({ cmd: 'run', ...base, seconds: opts.floodStatsSeconds }))
+      ? await programTime(t, () => t.gen.request({ ...flood, seconds: opts.floodStatsSeconds }))
       : undefined;
     const saturation: Throughput = {
       ...(prog ? { progNsPerPacket: prog.nsPerPacket } : {}),
       mpps: seen / cpu / 1e6,
       wallMpps: seen / secs / 1e6,
       offeredMpps: r.frames! / secs / 1e6,
+      frames: r.frames!,
       seen,
       seconds: secs,
       rxCpuSeconds: cpu,

@@ -15,6 +15,20 @@
  * return every frame it handled, and thousands of them a burst would make the
  * receive CPU wait for it.
  *
+ * With a window (gen_window > 0), bench_gen keeps at most that many frames
+ * between what it has sent and what the peer's NAPI has taken (bench_drained,
+ * on the napi_poll tracepoint, counts the latter; batches of gen_batch frames
+ * are whole BPF_PROG_TEST_RUN batches, which user space keeps aligned by
+ * running whole batches only): the veth's ring never
+ * overflows, so no frame is refused. A refused frame goes back to the
+ * generator's page pool under the lock the receive CPU takes to return every
+ * frame it handled: refusals, thousands a millisecond when the engine is
+ * slower than the generator, would make the receive CPU wait on the
+ * generator, and the slower engine the more. The window holds the receive
+ * CPU at saturation the way a NIC's ring does, whose overflow costs the host
+ * nothing. bench_drained runs once per NAPI poll (up to 64 frames) on the
+ * receive CPU, for every engine alike.
+ *
  * bench_sink drops whatever the engine's side sends back (TCP RSTs, ICMP), so
  * replies cost the appliance its transmit, and not a second stack.
  *
@@ -132,10 +146,64 @@ out:
 	return;
 }
 
+/* bpf_loop's bound (BPF_MAX_LOOPS): tens of ms of clock reads or counter
+ * reads, more than any wait between bursts or for the peer's NAPI; a longer
+ * wait only sends early. */
+#define GEN_WAIT_LOOPS (1 << 23)
+
+/* The window: frames sent and not yet taken by the peer's NAPI (0: no window). */
+const volatile __u32 gen_window = 0;
+/* The peer, whose NAPI polls bench_drained counts: its ifindex, and its name's
+ * first 8 bytes (zero-padded), since ifindexes repeat across namespaces. */
+const volatile __u32 drain_ifindex = 0;
+const volatile __u64 drain_name = 0;
+
+/* Frames the peer's NAPI polls took (written by the receive CPU, read by the generator's). */
+__u64 drained = 0;
+
+struct net_device {
+	char name[16];
+	int ifindex;
+} __attribute__((preserve_access_index));
+
+struct napi_struct {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+
+/* napi_poll(napi, work, budget) */
+SEC("tp_btf/napi_poll")
+int bench_drained(__u64 *ctx)
+{
+	struct napi_struct *napi = (void *)ctx[0];
+	int work = (int)ctx[1];
+	struct net_device *dev = napi->dev;
+	__u64 name = 0;
+
+	if (work <= 0 || !dev || dev->ifindex != (int)drain_ifindex)
+		return 0;
+	bpf_probe_read_kernel(&name, sizeof(name), dev->name);
+	if (name == drain_name)
+		__sync_fetch_and_add(&drained, work);
+	return 0;
+}
+
+/* Frames a BPF_PROG_TEST_RUN batch (its batch_size): the kernel kicks the
+ * peer's NAPI only when it flushes, at the end of each batch, so the generator
+ * waits for room only before a batch's first frame, and for a whole batch's. */
+const volatile __u32 gen_batch = 64;
+
+/* bpf_loop callback: stop once the window has room for a batch. */
+static long window_wait(__u64 i, void *ctx)
+{
+	return generated + gen_batch - *(volatile __u64 *)&drained <= gen_window;
+}
+
 /* The generator: rewrite, then transmit through the veth. */
 SEC("xdp")
 int bench_gen(struct xdp_md *ctx)
 {
+	if (gen_window && generated % gen_batch == 0 && !window_wait(0, 0))
+		bpf_loop(GEN_WAIT_LOOPS, window_wait, 0, 0);
 	rewrite_frame(ctx);
 	return bpf_redirect(out_ifindex, 0);
 }
@@ -172,10 +240,6 @@ struct {
 	__type(value, struct pace_state);
 } pace SEC(".maps");
 
-/* bpf_loop's bound (BPF_MAX_LOOPS): tens of ms of clock reads, more than any
- * period between bursts; a longer wait only sends the burst early. */
-#define PACE_WAIT_LOOPS (1 << 23)
-
 /* bpf_loop callback: stop once the clock reaches *due. */
 static long pace_wait(__u64 i, void *due)
 {
@@ -194,7 +258,7 @@ int bench_pace(struct xdp_md *ctx)
 		__u64 due = st->next_ns, now = bpf_ktime_get_ns();
 
 		if (now < due)
-			bpf_loop(PACE_WAIT_LOOPS, pace_wait, &due, 0);
+			bpf_loop(GEN_WAIT_LOOPS, pace_wait, &due, 0);
 		now = bpf_ktime_get_ns();
 		if (now - st->next_ns > PACE_MAX_LAG_PERIODS * pace_period_ns)
 			st->next_ns = now;
