@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { BpfObject, TEST_RUN_XDP_LIVE_FRAMES, ifIndex, type Link, type Program } from '@xdp-ts/loader';
 
 const OBJECT = fileURLToPath(new URL('../build/bpf/bench_gen.bpf.o', import.meta.url));
+/** Frames a BPF_PROG_TEST_RUN batch; a power of two (bench_gen's window counts batches with a mask). */
 const BATCH = 64;
 
 type Request =

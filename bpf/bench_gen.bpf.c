@@ -187,9 +187,10 @@ int bench_drained(__u64 *ctx)
 	return 0;
 }
 
-/* Frames a BPF_PROG_TEST_RUN batch (its batch_size): the kernel kicks the
- * peer's NAPI only when it flushes, at the end of each batch, so the generator
- * waits for room only before a batch's first frame, and for a whole batch's. */
+/* Frames a BPF_PROG_TEST_RUN batch (its batch_size, a power of two): the
+ * kernel kicks the peer's NAPI only when it flushes, at the end of each batch,
+ * so the generator waits for room only before a batch's first frame, and for
+ * a whole batch's. */
 const volatile __u32 gen_batch = 64;
 
 /* bpf_loop callback: stop once the window has room for a batch. */
@@ -202,7 +203,7 @@ static long window_wait(__u64 i, void *ctx)
 SEC("xdp")
 int bench_gen(struct xdp_md *ctx)
 {
-	if (gen_window && generated % gen_batch == 0 && !window_wait(0, 0))
+	if (gen_window && (generated & (gen_batch - 1)) == 0 && !window_wait(0, 0))
 		bpf_loop(GEN_WAIT_LOOPS, window_wait, 0, 0);
 	rewrite_frame(ctx);
 	return bpf_redirect(out_ifindex, 0);
