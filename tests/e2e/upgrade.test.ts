@@ -109,7 +109,9 @@ describe('two daemons at once', () => {
       c.on('exit', (code) => Object.assign(o, { exited: true, code }));
       return o;
     });
-    await waitFor(() => outputs.some((o) => o.text.includes('running on')) && outputs.some((o) => o.exited), 15_000, 'one daemon up, one refused');
+    await waitFor(() => outputs.some((o) => o.text.includes('running on')) && outputs.some((o) => o.exited), 15_000, 'one daemon up, one refused').catch((e: Error) => {
+      throw new Error(`${e.message}; the two daemons so far: ${JSON.stringify(outputs)}`);
+    });
     const refused = outputs.find((o) => o.exited)!;
     expect(refused.code).toBe(1);
     expect(refused.text).toMatch(/^connrate: lock: \S+ is locked by another connrate daemon \(is one already running\?\)$/m);
