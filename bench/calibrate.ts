@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import { ENGINES, REFERENCES, dropParseSpin, type Engine } from './engines.js';
 import { median, ratioStat, type RatioStat } from './report.js';
 import { SCENARIOS } from './scenarios.js';
-import { DEFAULT_WINDOW, measure, parseWindow } from './throughput.js';
+import { DEFAULT_WINDOW, bpfStatsLeftOn, measure, parseWindow } from './throughput.js';
 import { Topology, cleanupOnExit } from './topology.js';
 
 const USAGE = `usage: npm run bench:calibrate [-- options]
@@ -51,6 +51,8 @@ if (args.help) {
   process.exit(0);
 }
 if (process.getuid?.() !== 0) fail('run as root (netns, XDP, BPF_PROG_TEST_RUN, kernel.bpf_stats_enabled)');
+const statsOn = bpfStatsLeftOn();
+if (statsOn) fail(statsOn);
 const SPIN_MAX = 4096; // SPIN_ROUNDS_MAX in bpf/xdp_ref.bpf.c
 const spins = args.spin.split(',').map((x) => Number(x.trim()));
 if (spins.some((n) => !Number.isInteger(n) || n < 1 || n > SPIN_MAX)) fail(`--spin: whole numbers of rounds from 1 to ${SPIN_MAX}, comma-separated, not "${args.spin}"`);

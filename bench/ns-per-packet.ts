@@ -35,6 +35,7 @@ import { addrBytes, v4Bytes } from '../src/domain/addr.js';
 import { type DatapathConfig, clockAt } from '../src/domain/limits.js';
 import { Datapath, type MapSizes } from '../src/control/datapath.js';
 import { frame, type FrameSpec } from '../tests/helpers/frame.js';
+import { bpfStatsLeftOn } from './throughput.js';
 
 const OBJ = (name: string): string => fileURLToPath(new URL(`../build/bpf/${name}.bpf.o`, import.meta.url));
 const WORKER = fileURLToPath(new URL('./cost-worker.mjs', import.meta.url));
@@ -390,6 +391,11 @@ function printTable(title: string, s: readonly Summary[]): void {
 }
 
 async function main(): Promise<void> {
+  const statsOn = bpfStatsLeftOn();
+  if (statsOn) {
+    process.stderr.write(`bench:cost: ${statsOn}\n`);
+    process.exit(2);
+  }
   const { refs, close } = openRefs();
   try {
     const hot = summarize(measureCases(HOT, ROUNDS, refs));

@@ -22,7 +22,7 @@ import { ALL_ENGINES, ENGINES, REFERENCE_FOR, REFERENCES, engineRules, type Engi
 import { pktgenAvailable } from './pktgen.js';
 import { median, ratioStat, spread, svgChart, textReport, toJson, type Machine, type Results, type ScenarioResult, type Spread } from './report.js';
 import { SCENARIOS, type Scenario } from './scenarios.js';
-import { DEFAULT_WINDOW, measure, parseWindow, type Measurement } from './throughput.js';
+import { DEFAULT_WINDOW, bpfStatsLeftOn, measure, parseWindow, type Measurement } from './throughput.js';
 import { Topology, cleanupOnExit } from './topology.js';
 
 const USAGE = `usage: npm run bench [-- options]
@@ -87,6 +87,8 @@ const scenarios = args.scenario?.length ? SCENARIOS.filter((s) => args.scenario!
 for (const n of args.scenario ?? []) if (!SCENARIOS.some((s) => s.name === n)) fail(`unknown scenario ${n}`);
 for (const n of args.engine ?? []) if (!ALL_ENGINES.some((e) => e.name === n)) fail(`unknown engine ${n}: ${ALL_ENGINES.map((e) => e.name).join(', ')}`);
 if (process.getuid?.() !== 0) fail('run as root (netns, XDP, BPF_PROG_TEST_RUN, kernel.bpf_stats_enabled)');
+const statsOn = bpfStatsLeftOn();
+if (statsOn) fail(statsOn);
 for (const f of ['build/bpf/connrate.bpf.o', 'build/bpf/xdp_noop.bpf.o', 'build/bpf/xdp_ref.bpf.o', 'build/bpf/bench_gen.bpf.o', 'dist/cli.js']) {
   if (!existsSync(fileURLToPath(new URL(`../${f}`, import.meta.url)))) fail(`${f} is missing: run npm run build first`);
 }

@@ -128,6 +128,18 @@ const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
 /** After a run: the veth ring drains into the engine before its counters are read. */
 const DRAIN_MS = 100;
 
+/**
+ * Why a benchmark must not start, if kernel.bpf_stats_enabled is on (left so by
+ * something else): every BPF program run, the generator's and the references'
+ * too, then pays two clock reads, tens of ns each in a VM, which skews every
+ * figure. Undefined when it is off.
+ */
+export function bpfStatsLeftOn(): string | undefined {
+  const v = readFileSync(BPF_STATS, 'utf8').trim();
+  if (v === '0') return undefined;
+  return `kernel.bpf_stats_enabled is ${v}: every BPF program run, the generator's and the references' too, would pay two clock reads and skew every figure; turn it off (sysctl -w kernel.bpf_stats_enabled=0) and run again`;
+}
+
 /** Run `fn` with kernel.bpf_stats_enabled = 1, then put back what was there. */
 async function withBpfStats<T>(fn: () => Promise<T>): Promise<T> {
   const before = readFileSync(BPF_STATS, 'utf8').trim();
