@@ -566,8 +566,9 @@ static __always_inline int port_listed(const struct cr_config *cfg, __u8 proto, 
 	return (cfg->ports[proto & 1][port / 64] >> (port % 64)) & 1;
 }
 
-/* Is the destination one of ours? Inline for a few addresses, else the hash. */
-static __always_inline int is_local(struct packet *p)
+/* Is the destination one of ours? Inline for a few addresses, else the hash.
+ * *gen: the locals_slot count it was decided under. */
+static __always_inline int is_local(struct packet *p, __u32 *gen)
 {
 	__u32 zero = 0, slot;
 	struct cr_config_slot *ls = bpf_map_lookup_elem(&locals_slot, &zero);
@@ -577,7 +578,8 @@ static __always_inline int is_local(struct packet *p)
 
 	if (!ls)
 		return 0;
-	slot = ls->slot & 1;
+	*gen = ls->slot;
+	slot = *gen & 1;
 	l = bpf_map_lookup_elem(&locals, &slot);
 	if (!l)
 		return 0;
@@ -1030,10 +1032,16 @@ static __always_inline __u64 flow_bits(__u64 fh)
 	return flow_bit_at(fh, FLOW_BIT_HASH_SHIFT) | flow_bit_at(fh, FLOW_BIT_HASH_SHIFT + FLOW_BIT_HASH_BITS);
 }
 
+/* The key's flow-filter slot. */
+static __always_inline __u32 flow_filter_idx(__u64 h)
+{
+	return (__u32)(h >> FLOW_FILTER_HASH_SHIFT) & (CR_FLOW_FILTER_SLOTS - 1);
+}
+
 /* The key's flow filter. */
 static __always_inline struct cr_flow_filter *flow_filter_of(__u64 h)
 {
-	__u32 idx = (__u32)(h >> FLOW_FILTER_HASH_SHIFT) & (CR_FLOW_FILTER_SLOTS - 1);
+	__u32 idx = flow_filter_idx(h);
 
 	return bpf_map_lookup_elem(&flow_filter, &idx);
 }
@@ -1279,6 +1287,97 @@ static __always_inline int udp_claim(const struct cr_flow_key *fk, const struct 
 	return 1;
 }
 
+/* The packet's cr_last_drop.meta: never 0. */
+static __always_inline __u32 last_drop_meta(const struct packet *p)
+{
+	return CR_LAST_DROP_VALID | (__u32)p->is_v6 << CR_LAST_DROP_V6_SHIFT |
+	       (__u32)p->proto << CR_LAST_DROP_PROTO_SHIFT | p->dport;
+}
+
+/* Does the packet parse as this CPU's last cached drop did (TCP: a SYN)? */
+static __always_inline int last_drop_same(const struct cr_last_drop *l, const struct packet *p)
+{
+	const __u32 *s = (const __u32 *)p->src.bytes, *d = (const __u32 *)p->dst.bytes;
+
+	/* the destination first: forwarded traffic differs there at once */
+	if (l->dst[CR_ADDR_WORDS - 1] != d[CR_ADDR_WORDS - 1] || l->src[CR_ADDR_WORDS - 1] != s[CR_ADDR_WORDS - 1])
+		return 0;
+	if (l->meta != last_drop_meta(p) || (p->proto == CR_PROTO_TCP && !p->tcp_new))
+		return 0;
+	if (!p->is_v6)
+		return 1; /* IPv4: the last word is the address */
+	return l->src[0] == s[0] && l->src[1] == s[1] && l->src[2] == s[2] &&
+	       l->dst[0] == d[0] && l->dst[1] == d[1] && l->dst[2] == d[2];
+}
+
+/* A drop from the drop cache: the packet's (the key's) last_drop, so that the
+ * key's next packets in this tick find the entry without their key. */
+static __always_inline void last_drop_note(struct cr_last_drop *l, const struct packet *p, __u64 tick,
+					   __u32 cidx, __u32 cfg_gen, __u32 rt_gen, __u32 locals_gen, __u64 h)
+{
+	const __u32 *s = (const __u32 *)p->src.bytes, *d = (const __u32 *)p->dst.bytes;
+	int i;
+
+	for (i = 0; i < CR_ADDR_WORDS; i++) {
+		l->src[i] = s[i];
+		l->dst[i] = d[i];
+	}
+	l->tick = tick;
+	l->cidx = cidx;
+	l->config_gen = cfg_gen;
+	l->routes_gen = rt_gen;
+	l->locals_gen = locals_gen;
+	l->flow_idx = flow_filter_idx(h);
+	l->meta = last_drop_meta(p);
+}
+
+/* A packet that parses as this CPU's last cached drop did, in its tick:
+ * dropped from the same entry when the configuration, routes and local
+ * addresses are still those it was made under (so are the packet's key,
+ * its slot, the entry and the verdict), and, for UDP, when the flow filter
+ * rules out an established flow. Returns -1 to judge the packet in full. */
+static __always_inline int last_drop_again(struct cr_counters *cnt, struct packet *p)
+{
+	const struct cr_last_drop *l = &cnt->last_drop;
+	const struct cr_config_slot *cs, *ls;
+	const struct cr_config *cfg;
+	struct cr_flow_filter *ff;
+	struct cr_drop_cache *e;
+	__u32 zero = 0, slot, idx;
+	__u64 *rg;
+
+	cs = bpf_map_lookup_elem(&config_slot, &zero);
+	ls = bpf_map_lookup_elem(&locals_slot, &zero);
+	rg = bpf_map_lookup_elem(&routes_gen, &zero);
+	if (!cs || !ls || !rg)
+		return -1;
+	slot = cs->slot & 1;
+	cfg = bpf_map_lookup_elem(&config, &slot);
+	if (!cfg || (__u32)cfg->generation != l->config_gen || ls->slot != l->locals_gen ||
+	    (__u32)*rg != l->routes_gen)
+		return -1;
+	idx = l->cidx;
+	e = bpf_map_lookup_elem(&drop_cache, &idx);
+	if (!e)
+		return -1;
+	if (p->proto == CR_PROTO_UDP) {
+		if (!e->flow_ok)
+			return -1;
+		idx = l->flow_idx;
+		ff = bpf_map_lookup_elem(&flow_filter, &idx);
+		v4_mapped(p); /* flow_hash reads the mapped address */
+		if (flow_filter_maybe(ff, cfg->flow_epoch_shift, e->flow_epoch, flow_hash(p)))
+			return -1;
+		COUNT(cnt, CR_CNT_FLOW_FILTER_DROP);
+	}
+	e->drops++;
+	COUNT(cnt, CR_CNT_MONITORED);
+	COUNT(cnt, CR_CNT_CACHE_DROP);
+	COUNT(cnt, CR_CNT_NEW_DROPPED);
+	count_port(cnt, e->port_slot, CR_CNT_NEW_DROPPED);
+	return XDP_DROP;
+}
+
 SEC("xdp")
 int connrate_xdp(struct xdp_md *ctx)
 {
@@ -1292,7 +1391,7 @@ int connrate_xdp(struct xdp_md *ctx)
 	struct cr_counters *cnt;
 	struct cr_drop_cache *e;
 	struct cr_bucket *b;
-	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot;
+	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot, locals_gen = 0;
 	__u64 now, coarse = 0, tick, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
 	__u32 ways = 0;
 	int inserted = 0, no_bucket;
@@ -1322,6 +1421,12 @@ int connrate_xdp(struct xdp_md *ctx)
 		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
+	/* A flood's packets are mostly this CPU's last cached drop again. */
+	if (last_drop_same(&cnt->last_drop, &p) && cnt->last_drop.tick == tick_now()) {
+		res = last_drop_again(cnt, &p);
+		if (res >= 0)
+			return res;
+	}
 
 	cs = bpf_map_lookup_elem(&config_slot, &zero);
 	if (!cs)
@@ -1335,7 +1440,7 @@ int connrate_xdp(struct xdp_md *ctx)
 	 * rate: the limit is off), so it is told apart (valid) only on the way
 	 * out. */
 	tc = &cfg->clock[p.proto & 1];
-	if (!is_local(&p) || !cfg->rate[p.proto & 1] || !port_listed(cfg, p.proto, p.dport)) {
+	if (!is_local(&p, &locals_gen) || !cfg->rate[p.proto & 1] || !port_listed(cfg, p.proto, p.dport)) {
 		if (!cfg->valid)
 			COUNT(cnt, CR_CNT_NO_CONFIG);
 		COUNT(cnt, CR_CNT_NOT_MONITORED);
@@ -1402,6 +1507,7 @@ int connrate_xdp(struct xdp_md *ctx)
 		}
 	}
 	if (hit) {
+		last_drop_note(&cnt->last_drop, &p, tick, cidx, cfg_gen, rt_gen, locals_gen, h);
 		e->drops++;
 		COUNT(cnt, CR_CNT_CACHE_DROP);
 		COUNT(cnt, CR_CNT_NEW_DROPPED);
@@ -1511,6 +1617,7 @@ int connrate_xdp(struct xdp_md *ctx)
 		verdict_cnt = block ? CR_CNT_NEW_DROPPED : CR_CNT_NEW_WOULD_DROP;
 		if (b && block)
 			until = token_due(READ_ONCE(b->tat), clock, limit, tc->period_ns, now);
+		cnt->last_drop.meta = 0; /* the entry it names may be another key's now */
 		drops = drop_cache_fill(e, &key, cfg, rt_gen, pslot, tick, until, now, coarse);
 		if (p.proto == CR_PROTO_UDP && e->tick == tick)
 			cnt->udp_tick = tick; /* a UDP entry that drops: ask it first in this tick */

@@ -273,8 +273,11 @@ struct cr_config {
 	__u32 pad_end[10];               /* a whole number of cache lines */
 };
 
+/* Which of two slots is in force: slot & 1. config_slot holds 0 or 1;
+ * locals_slot counts its switches, so its value also tells one set of local
+ * addresses from the next. */
 struct cr_config_slot {
-	__u32 slot; /* 0 or 1 */
+	__u32 slot;
 };
 
 /* The local addresses, checked inline when there are few (`locals`, an ARRAY
@@ -290,10 +293,34 @@ struct cr_locals {
 	__u32 pad_end[4];                    /* a whole number of cache lines */
 };
 
-/* The global counters of one CPU, indexed by enum cr_counter, after one word
- * of the datapath's own that no one else reads: it shares the line of the
- * counters every packet increments, so the UDP drop path reads no line more. */
+/* This CPU's last drop from its drop cache: the packet as parsed and what it
+ * was judged under. A packet that parses the same (addresses, destination
+ * port, protocol; TCP: a SYN), in the same kernel tick, under the same
+ * configuration, routes and local addresses, has the same key and the same
+ * drop-cache entry, still in force: it drops from that entry without the
+ * local-address check, the port list or its key. Any entry made on this CPU
+ * voids it (meta 0). */
+struct cr_last_drop {
+	__u64 tick;       /* the kernel tick it was made in */
+	__u32 meta;       /* CR_LAST_DROP_VALID | is_v6 << 24 | proto << 16 | dport; 0: none */
+	__u32 cidx;       /* the key's drop-cache slot */
+	__u32 src[4];     /* as parsed: an IPv4 address in the last word only */
+	__u32 dst[4];
+	__u32 config_gen; /* low 32 bits of cr_config.generation */
+	__u32 routes_gen; /* low 32 bits of routes_gen[0] */
+	__u32 locals_gen; /* locals_slot's count */
+	__u32 flow_idx;   /* UDP: the key's flow-filter slot */
+};
+
+#define CR_LAST_DROP_VALID (1U << 31)
+#define CR_LAST_DROP_V6_SHIFT 24
+#define CR_LAST_DROP_PROTO_SHIFT 16
+
+/* The global counters of one CPU, indexed by enum cr_counter, after the
+ * datapath's own words that no one else reads: they share the lines of the
+ * counters every packet increments, so a drop path reads no line more. */
 struct cr_counters {
+	struct cr_last_drop last_drop;
 	__u64 udp_tick; /* the last kernel tick in which this CPU made a UDP
 			 * drop-cache entry that drops: while it is not the current
 			 * tick, no UDP entry can hit, so a datagram asks the flow

@@ -326,31 +326,36 @@ export const CrConfigSlot: xt.StructCodec<CrConfigSlot, 'slot'> = xt.structCodec
   },
 );
 
-/** struct cr_counters (176 bytes) */
+/** struct cr_counters (240 bytes) */
 export interface CrCounters {
-  /** udp_tick: u64 at 0 */
+  /** last_drop: struct cr_last_drop at 0 */
+  lastDrop: CrLastDrop;
+  /** udp_tick: u64 at 64 */
   udpTick: bigint;
-  /** n: u64[21] at 8 */
+  /** n: u64[21] at 72 */
   n: bigint[];
 }
-export const CrCounters: xt.StructCodec<CrCounters, 'udpTick' | 'n'> = xt.structCodec(
+export const CrCounters: xt.StructCodec<CrCounters, 'lastDrop' | 'udpTick' | 'n'> = xt.structCodec(
   'cr_counters',
-  176,
-  { udpTick: 0, n: 8 },
+  240,
+  { lastDrop: 0, udpTick: 64, n: 72 },
   {
-    udpTick: (b, o) => h.readU64(b, o),
-    n: (b, o) => xt.readArray(21, (i0) => h.readU64(b, o + 8 + i0 * 8)),
+    lastDrop: (b, o) => CrLastDrop.decode(b, o),
+    udpTick: (b, o) => h.readU64(b, o + 64),
+    n: (b, o) => xt.readArray(21, (i0) => h.readU64(b, o + 72 + i0 * 8)),
   },
   {
-    n: (b, o, i) => h.readU64(b, o + 8 + xt.index(i, 21, 'cr_counters.n') * 8),
+    n: (b, o, i) => h.readU64(b, o + 72 + xt.index(i, 21, 'cr_counters.n') * 8),
   },
   (b, o) => ({
-    udpTick: h.readU64(b, o),
-    n: xt.readArray(21, (i0) => h.readU64(b, o + 8 + i0 * 8)),
+    lastDrop: CrLastDrop.decode(b, o),
+    udpTick: h.readU64(b, o + 64),
+    n: xt.readArray(21, (i0) => h.readU64(b, o + 72 + i0 * 8)),
   }),
   (v, b, o) => {
-    h.writeU64(b, o, v.udpTick);
-    xt.writeArray(v.n, 21, 'cr_counters.n', (x0, i0) => h.writeU64(b, o + 8 + i0 * 8, x0));
+    CrLastDrop.encodeInto(v.lastDrop, b, o);
+    h.writeU64(b, o + 64, v.udpTick);
+    xt.writeArray(v.n, 21, 'cr_counters.n', (x0, i0) => h.writeU64(b, o + 72 + i0 * 8, x0));
   },
 );
 
@@ -607,6 +612,70 @@ export const CrFlowKey: xt.StructCodec<CrFlowKey, 'src' | 'dst' | 'sport' | 'dpo
     CrAddr.encodeInto(v.dst, b, o + 16);
     h.writeU16(b, o + 32, v.sport);
     h.writeU16(b, o + 34, v.dport);
+  },
+);
+
+/** struct cr_last_drop (64 bytes) */
+export interface CrLastDrop {
+  /** tick: u64 at 0 */
+  tick: bigint;
+  /** meta: u32 at 8 */
+  meta: number;
+  /** cidx: u32 at 12 */
+  cidx: number;
+  /** src: u32[4] at 16 */
+  src: number[];
+  /** dst: u32[4] at 32 */
+  dst: number[];
+  /** config_gen: u32 at 48 */
+  configGen: number;
+  /** routes_gen: u32 at 52 */
+  routesGen: number;
+  /** locals_gen: u32 at 56 */
+  localsGen: number;
+  /** flow_idx: u32 at 60 */
+  flowIdx: number;
+}
+export const CrLastDrop: xt.StructCodec<CrLastDrop, 'tick' | 'meta' | 'cidx' | 'src' | 'dst' | 'configGen' | 'routesGen' | 'localsGen' | 'flowIdx'> = xt.structCodec(
+  'cr_last_drop',
+  64,
+  { tick: 0, meta: 8, cidx: 12, src: 16, dst: 32, configGen: 48, routesGen: 52, localsGen: 56, flowIdx: 60 },
+  {
+    tick: (b, o) => h.readU64(b, o),
+    meta: (b, o) => h.readU32(b, o + 8),
+    cidx: (b, o) => h.readU32(b, o + 12),
+    src: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 16 + i0 * 4)),
+    dst: (b, o) => xt.readArray(4, (i0) => h.readU32(b, o + 32 + i0 * 4)),
+    configGen: (b, o) => h.readU32(b, o + 48),
+    routesGen: (b, o) => h.readU32(b, o + 52),
+    localsGen: (b, o) => h.readU32(b, o + 56),
+    flowIdx: (b, o) => h.readU32(b, o + 60),
+  },
+  {
+    src: (b, o, i) => h.readU32(b, o + 16 + xt.index(i, 4, 'cr_last_drop.src') * 4),
+    dst: (b, o, i) => h.readU32(b, o + 32 + xt.index(i, 4, 'cr_last_drop.dst') * 4),
+  },
+  (b, o) => ({
+    tick: h.readU64(b, o),
+    meta: h.readU32(b, o + 8),
+    cidx: h.readU32(b, o + 12),
+    src: xt.readArray(4, (i0) => h.readU32(b, o + 16 + i0 * 4)),
+    dst: xt.readArray(4, (i0) => h.readU32(b, o + 32 + i0 * 4)),
+    configGen: h.readU32(b, o + 48),
+    routesGen: h.readU32(b, o + 52),
+    localsGen: h.readU32(b, o + 56),
+    flowIdx: h.readU32(b, o + 60),
+  }),
+  (v, b, o) => {
+    h.writeU64(b, o, v.tick);
+    h.writeU32(b, o + 8, v.meta);
+    h.writeU32(b, o + 12, v.cidx);
+    xt.writeArray(v.src, 4, 'cr_last_drop.src', (x0, i0) => h.writeU32(b, o + 16 + i0 * 4, x0));
+    xt.writeArray(v.dst, 4, 'cr_last_drop.dst', (x0, i0) => h.writeU32(b, o + 32 + i0 * 4, x0));
+    h.writeU32(b, o + 48, v.configGen);
+    h.writeU32(b, o + 52, v.routesGen);
+    h.writeU32(b, o + 56, v.localsGen);
+    h.writeU32(b, o + 60, v.flowIdx);
   },
 );
 
@@ -898,7 +967,7 @@ export const LAYOUT: string = [
   "struct cr_bucket_key 20 { src@0: struct cr_addr; dport@16: u16; proto@18: u8; pad@19: u8 }",
   "struct cr_config 16576 { generation@0: u64; udp_timeout_ns@8: u64; rate@16: u32[2/4]; all_ports@24: u32[2/4]; burst@32: u32; mode@36: u32; flow_epoch_shift@40: u32; valid@44: u32; exempt_count@48: u32; pad@52: u32; ipv6_mask@56: u32[4/4]; clock@72: struct cr_token_clock[2/40]; ports@152: u64[2/8192][1024/8]; pad_end@16536: u32[10/4] }",
   "struct cr_config_slot 4 { slot@0: u32 }",
-  "struct cr_counters 176 { udp_tick@0: u64; n@8: u64[21/8] }",
+  "struct cr_counters 240 { last_drop@0: struct cr_last_drop; udp_tick@64: u64; n@72: u64[21/8] }",
   "struct cr_drop_cache 64 { key@0: struct cr_bucket_key; port_slot@20: u32; config_gen@24: u32; routes_gen@28: u32; flow_epoch@32: u32; flow_ok@36: u32; tick@40: u64; drops@48: u64; last_drop_ns@56: u64 }",
   "struct cr_drop_stats 16 { drops@0: u64; last_drop_ns@8: u64 }",
   "struct cr_event 48 { ts_ns@0: u64; src@8: struct cr_addr; dport@24: u16; proto@26: u8; would_drop@27: u8; rate@28: u32; burst@32: u32; pad@36: u32; drops@40: u64 }",
@@ -906,6 +975,7 @@ export const LAYOUT: string = [
   "struct cr_flow 8 { last_seen_ns@0: u64 }",
   "struct cr_flow_filter 128 { w@0: u64[8/16][2/8] }",
   "struct cr_flow_key 36 { src@0: struct cr_addr; dst@16: struct cr_addr; sport@32: u16; dport@34: u16 }",
+  "struct cr_last_drop 64 { tick@0: u64; meta@8: u32; cidx@12: u32; src@16: u32[4/4]; dst@32: u32[4/4]; config_gen@48: u32; routes_gen@52: u32; locals_gen@56: u32; flow_idx@60: u32 }",
   "struct cr_locals 128 { v4_count@0: u32; v6_count@4: u32; use_map@8: u32; pad@12: u32; v4@16: u32[8/4]; v6@48: struct cr_addr[4/16]; pad_end@112: u32[4/4] }",
   "struct cr_lpm_key 24 { prefixlen@0: u32; tag@4: u8; addr@5: bytes[16]; pad@21: bytes[3] }",
   "struct cr_port_key 4 { port@0: u16; proto@2: u8; pad@3: u8 }",
@@ -917,7 +987,7 @@ export const LAYOUT: string = [
   "enum cr_proto 4 { CR_PROTO_COUNT=2, CR_PROTO_TCP=0, CR_PROTO_UDP=1 }",
   "enum cr_token 4 { CR_TOKEN=1048576, CR_TOKEN_SHIFT=20 }",
 ].join('\n');
-export const LAYOUT_SHA256 = 'a10d3bd50d481aee18e3a973706b392158bc7eb5052ff4de57351f128c88eedf';
+export const LAYOUT_SHA256 = '9fff0e98cea1781383571c1ce8fcb9402acb021002574c852ba20e19ba9a2405';
 const layoutStructs = [
   'cr_abi',
   'cr_abi_id',
@@ -934,6 +1004,7 @@ const layoutStructs = [
   'cr_flow',
   'cr_flow_filter',
   'cr_flow_key',
+  'cr_last_drop',
   'cr_locals',
   'cr_lpm_key',
   'cr_port_key',

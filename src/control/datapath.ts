@@ -271,8 +271,10 @@ export class Datapath {
       if (!want.delete(key.bytes.toString('hex'))) m.delete(key);
     }
     for (const bytes of want.values()) m.update({ bytes }, PRESENT);
-    const next = ((this.maps.localsSlot.lookup(0)?.slot ?? 0) & 1) ^ 1;
-    this.maps.locals.update(next, encodeLocals([...all.values()]));
+    // The slot counts switches (in force: its low bit), so that the datapath
+    // tells this set from the one before the last.
+    const next = ((this.maps.localsSlot.lookup(0)?.slot ?? 0) + 1) >>> 0;
+    this.maps.locals.update(next & 1, encodeLocals([...all.values()]));
     this.maps.localsSlot.update(0, { slot: next });
   }
 

@@ -14,7 +14,7 @@ import { readStats, readTop } from '../../src/control/queries.js';
 import { ConnrateMetrics } from '../../src/control/metrics.js';
 import { pinToOneCpu } from '../helpers/affinity.js';
 import { frame } from '../helpers/frame.js';
-import { BASE_CONFIG, type Bench, CLIENT4, CLIENT4B, openBench, syn, udp } from './harness.js';
+import { APPLIANCE4, APPLIANCE6, BASE_CONFIG, type Bench, CLIENT4, CLIENT4B, FOREIGN4, openBench, syn, udp } from './harness.js';
 
 const WORKER = new URL('../helpers/race-worker.mjs', import.meta.url);
 let bench: Bench;
@@ -100,6 +100,87 @@ describe('the drop cache', () => {
     // CPU's first packet is judged from the bucket (read only) and cached there.
     expect(cacheDrops() - hits).toBeGreaterThanOrEqual(1000n - BigInt(numPossibleCpus() - 1));
     expect(shared.map(digest)).toEqual(before);
+  });
+});
+
+/** key_hash (connrate.bpf.c) of an IPv4 (source, destination port, protocol) key: its slot in a drop cache of `slots`. */
+function dropCacheSlot(src: string, dport: number, proto: 'tcp' | 'udp', slots: number): number {
+  const M = (1n << 64n) - 1n;
+  const key = Buffer.alloc(20);
+  key.writeUInt16BE(0xffff, 10);
+  for (const [i, b] of src.split('.').entries()) key[12 + i] = Number(b);
+  key.writeUInt16LE(dport, 16);
+  key[18] = proto === 'tcp' ? 0 : 1;
+  const w = (i: number): bigint => BigInt(key.readUInt32LE(4 * i));
+  let h = (((w(0) << 32n) | w(1)) * 0x9e3779b97f4a7c15n) & M;
+  h ^= (((w(2) << 32n) | w(3)) * 0xc2b2ae3d27d4eb4fn) & M;
+  h ^= (w(4) * 0x165667b19e3779f9n) & M;
+  h ^= h >> 33n;
+  h = (h * 0xff51afd7ed558ccdn) & M;
+  h ^= h >> 33n;
+  return Number((h >> 20n) & BigInt(slots - 1));
+}
+
+describe("this CPU's last cached drop", () => {
+  // The configuration-apply and route-change tests above void it too: their
+  // key's last packet before the change was a cache drop.
+  const lastDropSet = (): boolean => (bench.dp.maps.counters.lookup(0) ?? []).some((c) => c.lastDrop.meta !== 0);
+
+  it("drops the key's next packets from its entry, and judges any other packet in full", () => {
+    bench = openBench();
+    limit(CLIENT4);
+    expect(bench.send(syn(CLIENT4, 443, 41000))).toBe('DROP');
+    expect(lastDropSet()).toBe(true);
+    const hits = cacheDrops();
+    expect(bench.burst(20, (i) => syn(CLIENT4, 443, 42000 + i))).toEqual({ pass: 0, drop: 20 });
+    expect(cacheDrops() - hits).toBe(20n);
+    expect(bench.send({ ...syn(CLIENT4, 443, 42000), ack: true, syn: false })).toBe('PASS'); // established
+    expect(bench.send(syn(CLIENT4, 444, 42000))).toBe('PASS'); // another port: its own bucket
+    expect(bench.send(syn(CLIENT4B, 443, 42000))).toBe('PASS'); // another source
+    expect(bench.send(udp(CLIENT4, 443, 42000))).toBe('PASS'); // another protocol
+    expect(bench.send({ ...syn(CLIENT4, 443, 42000), dst: FOREIGN4 })).toBe('PASS'); // not ours
+    expect(bench.send(syn(CLIENT4, 443, 42001))).toBe('DROP');
+    expect(readTop(bench.dp, 1)[0]).toMatchObject({ src: CLIENT4, dport: 443, drops: 1n + 1n + 20n + 1n });
+  });
+
+  it('is void after a local-address change, also after two: a destination no longer ours is not monitored', () => {
+    bench = openBench();
+    limit(CLIENT4);
+    expect(bench.send(syn(CLIENT4, 443, 41000))).toBe('DROP');
+    const unmonitored = bench.dp.counters().not_monitored;
+    // Two switches bring the same locals slot back in force: the count tells them apart.
+    bench.dp.setLocalAddresses([APPLIANCE6]);
+    bench.dp.setLocalAddresses([APPLIANCE6, '198.18.0.2']);
+    expect(bench.send(syn(CLIENT4, 443, 42000))).toBe('PASS');
+    expect(bench.dp.counters().not_monitored - unmonitored).toBe(1n);
+    bench.dp.setLocalAddresses([APPLIANCE4, APPLIANCE6]);
+    expect(bench.send(syn(CLIENT4, 443, 42001))).toBe('DROP'); // limited again, its bucket kept
+  });
+
+  it("is void once another key takes its entry's slot: each key's drops stay its own", () => {
+    const unpin = pinToOneCpu(); // the drop cache is per CPU
+    onTestFinished(unpin);
+    bench = openBench();
+    const slots = bench.dp.maps.dropCache.raw.maxEntries;
+    const mine = dropCacheSlot(CLIENT4, 443, 'tcp', slots);
+    let other = '';
+    for (let n = 0; n < 1 << 16 && !other; n++) {
+      const src = `198.19.${2 + (n >> 8)}.${n & 0xff}`;
+      if (dropCacheSlot(src, 443, 'tcp', slots) === mine) other = src;
+    }
+    expect(other).not.toBe('');
+    limit(CLIENT4);
+    expect(bench.send(syn(CLIENT4, 443, 41000))).toBe('DROP');
+    const held = (src: string): boolean =>
+      bench.dp.maps.dropCache.lookup(mine)!.some((e) => e.drops > 0n && e.key.src.bytes.subarray(12).join('.') === src);
+    expect(held(CLIENT4)).toBe(true); // the slot key_hash gives, as the test computes it
+    limit(other); // its drop takes the slot
+    expect(held(other)).toBe(true);
+    expect(bench.send(syn(CLIENT4, 443, 41001))).toBe('DROP'); // from its bucket: it takes the slot back
+    expect(held(CLIENT4)).toBe(true);
+    const top = readTop(bench.dp, 2);
+    expect(top.find((t) => t.src === CLIENT4)?.drops).toBe(3n);
+    expect(top.find((t) => t.src === other)?.drops).toBe(1n);
   });
 });
 
