@@ -144,8 +144,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct cr_config_slot);
-} config_slot SEC(".maps");
+	__type(value, struct cr_in_force);
+} in_force SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -162,7 +162,7 @@ struct {
 	__type(value, struct cr_abi_id);
 } abi_id SEC(".maps");
 
-/* The local addresses: inline (locals[locals_slot]) when few, else this hash. */
+/* The local addresses: inline (locals[in_force.locals_gen & 1]) when few, else this hash. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CR_DEFAULT_LOCAL_ADDRS);
@@ -170,7 +170,7 @@ struct {
 	__type(value, __u8);
 } local_addrs SEC(".maps");
 
-/* The inline local addresses, double-buffered (locals_slot). Mmapable only
+/* The inline local addresses, double-buffered (in_force.locals_gen). Mmapable only
  * for its layout: values start on a page, so the IPv4 ones share one line. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -179,13 +179,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cr_locals);
 } locals SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct cr_config_slot);
-} locals_slot SEC(".maps");
 
 /* Non-default routes (tag CR_TAG_ROUTE) and the admin exempt list (tag = config
  * slot), one trie for both families (IPv4 v4-mapped). */
@@ -196,15 +189,6 @@ struct {
 	__type(key, struct cr_lpm_key);
 	__type(value, __u8);
 } src_prefixes SEC(".maps");
-
-/* Bumped by user space after every change of the routes (drop-cache entries
- * made under another generation are void). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} routes_gen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -566,20 +550,15 @@ static __always_inline int port_listed(const struct cr_config *cfg, __u8 proto, 
 	return (cfg->ports[proto & 1][port / 64] >> (port % 64)) & 1;
 }
 
-/* Is the destination one of ours? Inline for a few addresses, else the hash.
- * *gen: the locals_slot count it was decided under. */
-static __always_inline int is_local(struct packet *p, __u32 *gen)
+/* Is the destination one of ours, under locals generation `gen`? Inline for a
+ * few addresses, else the hash. */
+static __always_inline int is_local(struct packet *p, __u32 gen)
 {
-	__u32 zero = 0, slot;
-	struct cr_config_slot *ls = bpf_map_lookup_elem(&locals_slot, &zero);
+	__u32 slot = gen & 1;
 	const struct cr_locals *l;
 	const __u32 *d = (const __u32 *)p->dst.bytes;
 	int i;
 
-	if (!ls)
-		return 0;
-	*gen = ls->slot;
-	slot = *gen & 1;
 	l = bpf_map_lookup_elem(&locals, &slot);
 	if (!l)
 		return 0;
@@ -1299,10 +1278,11 @@ static __always_inline int last_drop_same(const struct cr_last_drop *l, const st
 {
 	const __u32 *s = (const __u32 *)p->src.bytes, *d = (const __u32 *)p->dst.bytes;
 
-	/* the destination first: forwarded traffic differs there at once */
-	if (l->dst[CR_ADDR_WORDS - 1] != d[CR_ADDR_WORDS - 1] || l->src[CR_ADDR_WORDS - 1] != s[CR_ADDR_WORDS - 1])
-		return 0;
-	if (l->meta != last_drop_meta(p) || (p->proto == CR_PROTO_TCP && !p->tcp_new))
+	/* established TCP, then the destination (forwarded traffic differs
+	 * there), then the source: most packets that are not a flood's leave
+	 * after one or two compares */
+	if ((p->proto == CR_PROTO_TCP && !p->tcp_new) || l->dst[CR_ADDR_WORDS - 1] != d[CR_ADDR_WORDS - 1] ||
+	    l->src[CR_ADDR_WORDS - 1] != s[CR_ADDR_WORDS - 1] || l->meta != last_drop_meta(p))
 		return 0;
 	if (!p->is_v6)
 		return 1; /* IPv4: the last word is the address */
@@ -1339,22 +1319,18 @@ static __always_inline void last_drop_note(struct cr_last_drop *l, const struct 
 static __always_inline int last_drop_again(struct cr_counters *cnt, struct packet *p)
 {
 	const struct cr_last_drop *l = &cnt->last_drop;
-	const struct cr_config_slot *cs, *ls;
+	const struct cr_in_force *inf;
 	const struct cr_config *cfg;
 	struct cr_flow_filter *ff;
 	struct cr_drop_cache *e;
 	__u32 zero = 0, slot, idx;
-	__u64 *rg;
 
-	cs = bpf_map_lookup_elem(&config_slot, &zero);
-	ls = bpf_map_lookup_elem(&locals_slot, &zero);
-	rg = bpf_map_lookup_elem(&routes_gen, &zero);
-	if (!cs || !ls || !rg)
+	inf = bpf_map_lookup_elem(&in_force, &zero);
+	if (!inf || inf->locals_gen != l->locals_gen || (__u32)inf->routes_gen != l->routes_gen)
 		return -1;
-	slot = cs->slot & 1;
+	slot = inf->config_slot & 1;
 	cfg = bpf_map_lookup_elem(&config, &slot);
-	if (!cfg || (__u32)cfg->generation != l->config_gen || ls->slot != l->locals_gen ||
-	    (__u32)*rg != l->routes_gen)
+	if (!cfg || (__u32)cfg->generation != l->config_gen)
 		return -1;
 	idx = l->cidx;
 	e = bpf_map_lookup_elem(&drop_cache, &idx);
@@ -1387,12 +1363,12 @@ int connrate_xdp(struct xdp_md *ctx)
 	struct flow_seen seen = {};
 	const struct cr_config *cfg;
 	const struct cr_token_clock *tc;
-	struct cr_config_slot *cs;
+	const struct cr_in_force *inf;
 	struct cr_counters *cnt;
 	struct cr_drop_cache *e;
 	struct cr_bucket *b;
-	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot, locals_gen = 0;
-	__u64 now, coarse = 0, tick, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *rg, *hb = NULL, hbit;
+	__u32 zero = 0, slot, verdict_cnt, cidx, cfg_gen, rt_gen, pslot, locals_gen;
+	__u64 now, coarse = 0, tick, clock, lo, hi, limit, h, floor = 0, until = 0, drops, *hb = NULL, hbit;
 	__u32 ways = 0;
 	int inserted = 0, no_bucket;
 	struct cr_first_seen *g = NULL;
@@ -1428,10 +1404,11 @@ int connrate_xdp(struct xdp_md *ctx)
 			return res;
 	}
 
-	cs = bpf_map_lookup_elem(&config_slot, &zero);
-	if (!cs)
+	inf = bpf_map_lookup_elem(&in_force, &zero);
+	if (!inf)
 		return XDP_PASS;
-	slot = cs->slot & 1;
+	slot = READ_ONCE(inf->config_slot) & 1;
+	locals_gen = READ_ONCE(inf->locals_gen); /* once: the last drop notes what is_local decided under */
 	cfg = bpf_map_lookup_elem(&config, &slot);
 	if (!cfg)
 		return XDP_PASS;
@@ -1440,24 +1417,24 @@ int connrate_xdp(struct xdp_md *ctx)
 	 * rate: the limit is off), so it is told apart (valid) only on the way
 	 * out. */
 	tc = &cfg->clock[p.proto & 1];
-	if (!is_local(&p, &locals_gen) || !cfg->rate[p.proto & 1] || !port_listed(cfg, p.proto, p.dport)) {
+	if (!is_local(&p, locals_gen) || !cfg->rate[p.proto & 1] || !port_listed(cfg, p.proto, p.dport)) {
 		if (!cfg->valid)
 			COUNT(cnt, CR_CNT_NO_CONFIG);
 		COUNT(cnt, CR_CNT_NOT_MONITORED);
 		return XDP_PASS;
 	}
 	COUNT(cnt, CR_CNT_MONITORED);
-	v4_mapped(&p);
 
 	/* Established TCP first: it never needs the key or the exemption
 	 * lookups, whoever sends it. UDP asks the flow table first too, unless
 	 * this CPU made a UDP drop-cache entry in this tick (a flood: then the
 	 * drop cache and the flow filter come first). */
-	block = cfg->mode != CR_MODE_LOG;
 	if (p.proto == CR_PROTO_TCP && !p.tcp_new) {
 		COUNT(cnt, CR_CNT_ESTABLISHED);
 		return XDP_PASS;
 	}
+	v4_mapped(&p);
+	block = cfg->mode != CR_MODE_LOG;
 	tick = tick_now(); /* before any clock read below */
 	if (p.proto == CR_PROTO_UDP) {
 		udp_first = cnt->udp_tick == tick;
@@ -1486,8 +1463,7 @@ int connrate_xdp(struct xdp_md *ctx)
 	e = bpf_map_lookup_elem(&drop_cache, &cidx);
 	if (!e)
 		return XDP_PASS;
-	rg = bpf_map_lookup_elem(&routes_gen, &zero);
-	rt_gen = rg ? (__u32)*rg : 0;
+	rt_gen = (__u32)READ_ONCE(inf->routes_gen);
 	cfg_gen = (__u32)cfg->generation;
 	hit = block && !no_bucket && e->tick == tick &&
 	      e->config_gen == cfg_gen && e->routes_gen == rt_gen && key_equal(&e->key, &key);

@@ -146,7 +146,7 @@ struct cr_drop_cache {
 	struct cr_bucket_key key;
 	__u32 port_slot;    /* the key's (protocol, port) slot in port_stats */
 	__u32 config_gen;   /* low 32 bits of cr_config.generation */
-	__u32 routes_gen;   /* low 32 bits of routes_gen[0] */
+	__u32 routes_gen;   /* low 32 bits of cr_in_force.routes_gen */
 	__u32 flow_epoch;   /* UDP: the flow filter's epoch when the entry was made */
 	__u32 flow_ok;      /* UDP: 1 when the flow filter may be read under this configuration */
 	__u64 tick;         /* drop while the kernel tick is this one */
@@ -251,7 +251,7 @@ struct cr_token_clock {
 	__u32 f_shift;
 };
 
-/* One complete configuration. Two live in `config`; `config_slot` says which is
+/* One complete configuration. Two live in `config`; `in_force` says which is
  * in force, so a packet sees the old configuration or the new, never a mix.
  * What a monitored packet reads up to a cached drop comes first, in the
  * value's first cache line (the map's values start on lines); the token
@@ -273,15 +273,19 @@ struct cr_config {
 	__u32 pad_end[10];               /* a whole number of cache lines */
 };
 
-/* Which of two slots is in force: slot & 1. config_slot holds 0 or 1;
- * locals_slot counts its switches, so its value also tells one set of local
- * addresses from the next. */
-struct cr_config_slot {
-	__u32 slot;
+/* What is in force (`in_force`, an ARRAY of one), read by every packet
+ * before anything else it judges by, in one line. User space rewrites the
+ * whole value, one writer at a time (the apply lock). */
+struct cr_in_force {
+	__u32 config_slot; /* config[config_slot & 1] is in force */
+	__u32 locals_gen;  /* counts switches of the local addresses:
+			    * locals[locals_gen & 1] is in force */
+	__u64 routes_gen;  /* bumped after every change of the routes:
+			    * drop-cache entries made under another are void */
 };
 
 /* The local addresses, checked inline when there are few (`locals`, an ARRAY
- * of two, double-buffered like the configuration: `locals_slot` says which is
+ * of two, double-buffered like the configuration: `in_force` says which is
  * in force). With more than fit, use_map sends the check to `local_addrs`. */
 struct cr_locals {
 	__u32 v4_count;
@@ -307,8 +311,8 @@ struct cr_last_drop {
 	__u32 src[4];     /* as parsed: an IPv4 address in the last word only */
 	__u32 dst[4];
 	__u32 config_gen; /* low 32 bits of cr_config.generation */
-	__u32 routes_gen; /* low 32 bits of routes_gen[0] */
-	__u32 locals_gen; /* locals_slot's count */
+	__u32 routes_gen; /* low 32 bits of cr_in_force.routes_gen */
+	__u32 locals_gen; /* cr_in_force.locals_gen */
 	__u32 flow_idx;   /* UDP: the key's flow-filter slot */
 };
 

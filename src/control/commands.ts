@@ -35,18 +35,15 @@ export function updateRule(pins: PinDir, store: Store): UpdateResult {
   const t0 = performance.now();
   const values = store.read();
   const cfg = resolve(values);
-  return withDatapath(op, pins, (dp) => {
-    const lock = pins.lockApply();
-    try {
+  return withDatapath(op, pins, (dp) =>
+    pins.withApplyLock(() => {
       const before = dp.appliedConfig();
       const applied = dp.applyConfig(cfg);
       pins.markApplied();
       const from = before ? valuesInForce(before, values) : {};
       return { generation: applied.generation, changes: diffValues(from, values), ms: performance.now() - t0 };
-    } finally {
-      lock.release();
-    }
-  });
+    }),
+  );
 }
 
 // ---------------------------------------------------------------- status

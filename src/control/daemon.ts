@@ -82,9 +82,13 @@ export class Daemon {
       const d = new Daemon(dp, lock, { ...opts, info });
       info(adopting ? `connrate: adopted the datapath pinned at ${opts.pins.dir}` : `connrate: loaded the datapath, pinned at ${opts.pins.dir}`);
       d.#sync();
-      if (!dp.appliedConfig()) {
-        const applied = dp.applyConfig(resolve(opts.store.read()));
-        opts.pins.markApplied();
+      const loaded = dp;
+      if (!loaded.appliedConfig()) {
+        const applied = opts.pins.withApplyLock(() => {
+          const a = loaded.applyConfig(resolve(opts.store.read()));
+          opts.pins.markApplied();
+          return a;
+        });
         info(`connrate: applied the ${opts.store.exists() ? `stored configuration (${opts.store.path})` : 'embedded defaults'}, generation ${applied.generation}`);
       }
       d.#followApplied();
@@ -112,10 +116,13 @@ export class Daemon {
     return this.#stopped;
   }
 
+  /** Local addresses and routes into the datapath, under the apply lock (they share in_force with the configuration). */
   #sync(): void {
     const state = readNetState();
-    this.dp.setLocalAddresses(state.localAddresses);
-    this.dp.setRoutes(state.routes);
+    this.opts.pins.withApplyLock(() => {
+      this.dp.setLocalAddresses(state.localAddresses);
+      this.dp.setRoutes(state.routes);
+    });
   }
 
   #onNetChange(): void {

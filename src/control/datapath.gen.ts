@@ -305,27 +305,6 @@ export const CrConfig: xt.StructCodec<CrConfig, 'generation' | 'udpTimeoutNs' | 
   },
 );
 
-/** struct cr_config_slot (4 bytes) */
-export interface CrConfigSlot {
-  /** slot: u32 at 0 */
-  slot: number;
-}
-export const CrConfigSlot: xt.StructCodec<CrConfigSlot, 'slot'> = xt.structCodec(
-  'cr_config_slot',
-  4,
-  { slot: 0 },
-  {
-    slot: (b, o) => h.readU32(b, o),
-  },
-  {},
-  (b, o) => ({
-    slot: h.readU32(b, o),
-  }),
-  (v, b, o) => {
-    h.writeU32(b, o, v.slot);
-  },
-);
-
 /** struct cr_counters (240 bytes) */
 export interface CrCounters {
   /** last_drop: struct cr_last_drop at 0 */
@@ -615,6 +594,37 @@ export const CrFlowKey: xt.StructCodec<CrFlowKey, 'src' | 'dst' | 'sport' | 'dpo
   },
 );
 
+/** struct cr_in_force (16 bytes) */
+export interface CrInForce {
+  /** config_slot: u32 at 0 */
+  configSlot: number;
+  /** locals_gen: u32 at 4 */
+  localsGen: number;
+  /** routes_gen: u64 at 8 */
+  routesGen: bigint;
+}
+export const CrInForce: xt.StructCodec<CrInForce, 'configSlot' | 'localsGen' | 'routesGen'> = xt.structCodec(
+  'cr_in_force',
+  16,
+  { configSlot: 0, localsGen: 4, routesGen: 8 },
+  {
+    configSlot: (b, o) => h.readU32(b, o),
+    localsGen: (b, o) => h.readU32(b, o + 4),
+    routesGen: (b, o) => h.readU64(b, o + 8),
+  },
+  {},
+  (b, o) => ({
+    configSlot: h.readU32(b, o),
+    localsGen: h.readU32(b, o + 4),
+    routesGen: h.readU64(b, o + 8),
+  }),
+  (v, b, o) => {
+    h.writeU32(b, o, v.configSlot);
+    h.writeU32(b, o + 4, v.localsGen);
+    h.writeU64(b, o + 8, v.routesGen);
+  },
+);
+
 /** struct cr_last_drop (64 bytes) */
 export interface CrLastDrop {
   /** tick: u64 at 0 */
@@ -891,8 +901,6 @@ export const maps = {
   buckets: xt.mapDef('buckets', xt.MAP_TYPE.LRU_HASH, CrBucketKey, CrBucket),
   /** config: ARRAY, u32 -> struct cr_config */
   config: xt.mapDef('config', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrConfig),
-  /** config_slot: ARRAY, u32 -> struct cr_config_slot */
-  configSlot: xt.mapDef('config_slot', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrConfigSlot),
   /** counters: PERCPU_ARRAY, u32 -> struct cr_counters per CPU */
   counters: xt.perCpuMapDef('counters', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CrCounters),
   /** drop_cache: PERCPU_ARRAY, u32 -> struct cr_drop_cache per CPU */
@@ -907,20 +915,18 @@ export const maps = {
   firstSeen: xt.mapDef('first_seen', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrFirstSeen),
   /** flow_filter: ARRAY, u32 -> struct cr_flow_filter */
   flowFilter: xt.mapDef('flow_filter', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrFlowFilter),
+  /** in_force: ARRAY, u32 -> struct cr_in_force */
+  inForce: xt.mapDef('in_force', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrInForce),
   /** local_addrs: HASH, struct cr_addr -> u8 */
   localAddrs: xt.mapDef('local_addrs', xt.MAP_TYPE.HASH, CrAddr, xt.codecs.u8),
   /** locals: ARRAY, u32 -> struct cr_locals */
   locals: xt.mapDef('locals', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrLocals),
-  /** locals_slot: ARRAY, u32 -> struct cr_config_slot */
-  localsSlot: xt.mapDef('locals_slot', xt.MAP_TYPE.ARRAY, xt.codecs.u32, CrConfigSlot),
   /** port_slot_next: ARRAY, u32 -> u32 */
   portSlotNext: xt.mapDef('port_slot_next', xt.MAP_TYPE.ARRAY, xt.codecs.u32, xt.codecs.u32),
   /** port_slots: HASH, struct cr_port_key -> u32 */
   portSlots: xt.mapDef('port_slots', xt.MAP_TYPE.HASH, CrPortKey, xt.codecs.u32),
   /** port_stats: PERCPU_ARRAY, u32 -> struct cr_port_stats per CPU */
   portStats: xt.perCpuMapDef('port_stats', xt.MAP_TYPE.PERCPU_ARRAY, xt.codecs.u32, CrPortStats),
-  /** routes_gen: ARRAY, u32 -> u64 */
-  routesGen: xt.mapDef('routes_gen', xt.MAP_TYPE.ARRAY, xt.codecs.u32, xt.codecs.u64),
   /** src_prefixes: LPM_TRIE, struct cr_lpm_key -> u8 */
   srcPrefixes: xt.mapDef('src_prefixes', xt.MAP_TYPE.LPM_TRIE, CrLpmKey, xt.codecs.u8),
   /** test_clock: ARRAY, u32 -> u64 */
@@ -966,7 +972,6 @@ export const LAYOUT: string = [
   "struct cr_bucket 16 { tat@0: u64; last_event_ns@8: u64 }",
   "struct cr_bucket_key 20 { src@0: struct cr_addr; dport@16: u16; proto@18: u8; pad@19: u8 }",
   "struct cr_config 16576 { generation@0: u64; udp_timeout_ns@8: u64; rate@16: u32[2/4]; all_ports@24: u32[2/4]; burst@32: u32; mode@36: u32; flow_epoch_shift@40: u32; valid@44: u32; exempt_count@48: u32; pad@52: u32; ipv6_mask@56: u32[4/4]; clock@72: struct cr_token_clock[2/40]; ports@152: u64[2/8192][1024/8]; pad_end@16536: u32[10/4] }",
-  "struct cr_config_slot 4 { slot@0: u32 }",
   "struct cr_counters 240 { last_drop@0: struct cr_last_drop; udp_tick@64: u64; n@72: u64[21/8] }",
   "struct cr_drop_cache 64 { key@0: struct cr_bucket_key; port_slot@20: u32; config_gen@24: u32; routes_gen@28: u32; flow_epoch@32: u32; flow_ok@36: u32; tick@40: u64; drops@48: u64; last_drop_ns@56: u64 }",
   "struct cr_drop_stats 16 { drops@0: u64; last_drop_ns@8: u64 }",
@@ -975,6 +980,7 @@ export const LAYOUT: string = [
   "struct cr_flow 8 { last_seen_ns@0: u64 }",
   "struct cr_flow_filter 128 { w@0: u64[8/16][2/8] }",
   "struct cr_flow_key 36 { src@0: struct cr_addr; dst@16: struct cr_addr; sport@32: u16; dport@34: u16 }",
+  "struct cr_in_force 16 { config_slot@0: u32; locals_gen@4: u32; routes_gen@8: u64 }",
   "struct cr_last_drop 64 { tick@0: u64; meta@8: u32; cidx@12: u32; src@16: u32[4/4]; dst@32: u32[4/4]; config_gen@48: u32; routes_gen@52: u32; locals_gen@56: u32; flow_idx@60: u32 }",
   "struct cr_locals 128 { v4_count@0: u32; v6_count@4: u32; use_map@8: u32; pad@12: u32; v4@16: u32[8/4]; v6@48: struct cr_addr[4/16]; pad_end@112: u32[4/4] }",
   "struct cr_lpm_key 24 { prefixlen@0: u32; tag@4: u8; addr@5: bytes[16]; pad@21: bytes[3] }",
@@ -987,7 +993,7 @@ export const LAYOUT: string = [
   "enum cr_proto 4 { CR_PROTO_COUNT=2, CR_PROTO_TCP=0, CR_PROTO_UDP=1 }",
   "enum cr_token 4 { CR_TOKEN=1048576, CR_TOKEN_SHIFT=20 }",
 ].join('\n');
-export const LAYOUT_SHA256 = '9fff0e98cea1781383571c1ce8fcb9402acb021002574c852ba20e19ba9a2405';
+export const LAYOUT_SHA256 = 'ed756d65a2c2a73feef3eedfbf76e645c022c819244c2ded1b7a2e16acbbefe4';
 const layoutStructs = [
   'cr_abi',
   'cr_abi_id',
@@ -995,7 +1001,6 @@ const layoutStructs = [
   'cr_bucket',
   'cr_bucket_key',
   'cr_config',
-  'cr_config_slot',
   'cr_counters',
   'cr_drop_cache',
   'cr_drop_stats',
@@ -1004,6 +1009,7 @@ const layoutStructs = [
   'cr_flow',
   'cr_flow_filter',
   'cr_flow_key',
+  'cr_in_force',
   'cr_last_drop',
   'cr_locals',
   'cr_lpm_key',

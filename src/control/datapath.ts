@@ -211,8 +211,18 @@ export class Datapath {
 
   // ------------------------------------------------------------ configuration
 
+  /**
+   * Rewrite in_force with `change`. The value is written whole, so two
+   * processes that may write it at once (the daemon's address and route sync,
+   * `system update rule`) hold the apply lock.
+   */
+  #setInForce(change: Partial<gen.CrInForce>): void {
+    const current = this.maps.inForce.lookup(0) ?? { configSlot: 0, localsGen: 0, routesGen: 0n };
+    this.maps.inForce.update(0, { ...current, ...change });
+  }
+
   activeSlot(): number {
-    return (this.maps.configSlot.lookup(0)?.slot ?? 0) & 1;
+    return (this.maps.inForce.lookup(0)?.configSlot ?? 0) & 1;
   }
 
   /** The generation of the configuration in force (one member read in place), or undefined before the first apply. */
@@ -231,7 +241,7 @@ export class Datapath {
 
   /**
    * Apply a configuration atomically: write the idle slot (config and exempt
-   * list), then flip `config_slot`. A packet reads the slot once, so it sees the
+   * list), then flip `in_force.config_slot`. A packet reads the slot once, so it sees the
    * old configuration or the new, never a mix. The old slot's leftovers are
    * cleared at the start of the next apply, long after any packet used them.
    */
@@ -252,7 +262,7 @@ export class Datapath {
     const prefixes = this.maps.srcPrefixes;
     for (const key of this.#lpmKeysTagged(next)) prefixes.delete(key);
     for (const key of exemptKeys) prefixes.update(key, PRESENT);
-    this.maps.configSlot.update(0, { slot: next });
+    this.#setInForce({ configSlot: next });
     return decodeConfig(config);
   }
 
@@ -271,11 +281,11 @@ export class Datapath {
       if (!want.delete(key.bytes.toString('hex'))) m.delete(key);
     }
     for (const bytes of want.values()) m.update({ bytes }, PRESENT);
-    // The slot counts switches (in force: its low bit), so that the datapath
-    // tells this set from the one before the last.
-    const next = ((this.maps.localsSlot.lookup(0)?.slot ?? 0) + 1) >>> 0;
+    // The generation counts switches (in force: its low bit), so that the
+    // datapath tells this set from the one before the last.
+    const next = ((this.maps.inForce.lookup(0)?.localsGen ?? 0) + 1) >>> 0;
     this.maps.locals.update(next & 1, encodeLocals([...all.values()]));
-    this.maps.localsSlot.update(0, { slot: next });
+    this.#setInForce({ localsGen: next });
   }
 
   /** Make the non-default route set exactly `prefixes`. */
@@ -291,7 +301,7 @@ export class Datapath {
     }
     for (const key of want.values()) m.update(key, PRESENT);
     // drop-cache entries made under older routes are void from now on
-    this.maps.routesGen.update(0, (this.maps.routesGen.lookup(0) ?? 0n) + 1n);
+    this.#setInForce({ routesGen: (this.maps.inForce.lookup(0)?.routesGen ?? 0n) + 1n });
   }
 
   routes(): string[] {

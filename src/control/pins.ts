@@ -167,8 +167,21 @@ export class PinDir {
     }
   }
 
-  /** Serializes configuration applies (`system update rule`). */
+  /**
+   * Serializes writes of what is in force: configuration applies (`system
+   * update rule`) and the daemon's sync of local addresses and routes.
+   */
   lockApply(): FileLock {
     return FileLock.acquire(this.maps, { directory: true, holder: 'another "system update rule"', tryFlock });
+  }
+
+  /** `fn` under the apply lock. */
+  withApplyLock<T>(fn: () => T): T {
+    const lock = this.lockApply();
+    try {
+      return fn();
+    } finally {
+      lock.release();
+    }
   }
 }

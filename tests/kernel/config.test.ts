@@ -57,7 +57,7 @@ describe('live configuration', () => {
     bench = openBench();
     for (const udpTimeoutSec of [1, 30, 31, 86_400]) {
       bench.dp.applyConfig({ ...BASE_CONFIG, udpTimeoutSec });
-      const slot = bench.dp.maps.configSlot.lookup(0)!.slot & 1;
+      const slot = bench.dp.maps.inForce.lookup(0)!.configSlot & 1;
       const shift = BigInt(bench.dp.maps.config.lookup(slot)!.flowEpochShift);
       const timeoutNs = BigInt(udpTimeoutSec) * 1_000_000_000n;
       expect(1n << shift).toBeGreaterThanOrEqual(timeoutNs);

@@ -92,7 +92,7 @@ describe('the drop cache', () => {
     limit(CLIENT4);
     bench.send(syn(CLIENT4, 443, 41000)); // in the cache now
     const m = bench.dp.maps;
-    const shared = [m.config, m.configSlot, m.locals, m.localsSlot, m.localAddrs, m.srcPrefixes, m.routesGen, m.buckets, m.firstSeen, m.fallback, m.udpFlows, m.portSlots, m.portSlotNext].map((t) => t.raw);
+    const shared = [m.config, m.inForce, m.locals, m.localAddrs, m.srcPrefixes, m.buckets, m.firstSeen, m.fallback, m.udpFlows, m.portSlots, m.portSlotNext].map((t) => t.raw);
     const before = shared.map(digest);
     const hits = cacheDrops();
     expect(bench.burst(1000, (i) => syn(CLIENT4, 443, 42000 + i)).drop).toBe(1000);
@@ -148,7 +148,7 @@ describe("this CPU's last cached drop", () => {
     limit(CLIENT4);
     expect(bench.send(syn(CLIENT4, 443, 41000))).toBe('DROP');
     const unmonitored = bench.dp.counters().not_monitored;
-    // Two switches bring the same locals slot back in force: the count tells them apart.
+    // Two switches bring the same locals slot back in force: the generation tells them apart.
     bench.dp.setLocalAddresses([APPLIANCE6]);
     bench.dp.setLocalAddresses([APPLIANCE6, '198.18.0.2']);
     expect(bench.send(syn(CLIENT4, 443, 42000))).toBe('PASS');
