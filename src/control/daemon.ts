@@ -78,11 +78,11 @@ export class Daemon {
     let dp: Datapath | undefined;
     try {
       const adopting = existsSync(opts.pins.configPin);
-      dp = Datapath.load({ pins: opts.pins, ...(opts.sizes ? { sizes: opts.sizes } : {}) });
-      const d = new Daemon(dp, lock, { ...opts, info });
+      const loaded = Datapath.load({ pins: opts.pins, ...(opts.sizes ? { sizes: opts.sizes } : {}) });
+      dp = loaded;
+      const d = new Daemon(loaded, lock, { ...opts, info });
       info(adopting ? `connrate: adopted the datapath pinned at ${opts.pins.dir}` : `connrate: loaded the datapath, pinned at ${opts.pins.dir}`);
       d.#sync();
-      const loaded = dp;
       if (!loaded.appliedConfig()) {
         const applied = opts.pins.withApplyLock(() => {
           const a = loaded.applyConfig(resolve(opts.store.read()));

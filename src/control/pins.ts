@@ -172,7 +172,7 @@ export class PinDir {
    * update rule`) and the daemon's sync of local addresses and routes.
    */
   lockApply(): FileLock {
-    return FileLock.acquire(this.maps, { directory: true, holder: 'another "system update rule"', tryFlock });
+    return FileLock.acquire(this.maps, { directory: true, holder: 'another "system update rule" or the daemon\'s address and route sync', tryFlock });
   }
 
   /** `fn` under the apply lock. */
